@@ -1,0 +1,1 @@
+"""Run-time translation service. Imports only ctranslate2 and sentencepiece for the model."""

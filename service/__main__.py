@@ -1,0 +1,90 @@
+"""`python -m service --model-dir DIR`: settings -> checks -> uvicorn with a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+
+import uvicorn
+
+from service import logs
+from service.app import create_app
+from service.engine import Engine, EngineError, resolve_compute_type, resolve_device
+from service.model_dir import ModelDirError, read_manifest
+from service.settings import Settings, SettingsError
+
+log = logging.getLogger("service")
+
+
+class GracefulServer(uvicorn.Server):
+    """On the first SIGTERM/SIGINT: report not-ready at once, keep serving for `delay` seconds,
+    then let uvicorn stop accepting and finish every accepted request (up to drain_seconds)."""
+
+    def __init__(self, config: uvicorn.Config, on_draining, delay: float) -> None:
+        super().__init__(config)
+        self._on_draining = on_draining
+        self._delay = delay
+        self._draining = False
+        self.exit_code = 0
+
+    def handle_exit(self, sig, frame) -> None:
+        if self._draining or self._delay <= 0:
+            if not self._draining:
+                self._draining = True
+                self._on_draining()
+            return super().handle_exit(sig, frame)
+        self._draining = True
+        self._on_draining()
+        log.info("draining: not ready; closing in %.1fs", self._delay)
+        threading.Timer(self._delay, super().handle_exit, args=(sig, frame)).start()
+
+    def fail(self, reason: str) -> None:
+        self.exit_code = 1
+        self.should_exit = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings.load(argv, os.environ)
+        manifest = read_manifest(settings.model_dir)
+        # Fail fast on a device or compute type that can't work, before listening.
+        device = resolve_device(settings.device)
+        compute_type = resolve_compute_type(device, settings.compute_type)
+    except (SettingsError, ModelDirError, EngineError) as error:
+        print(f"service: error: {error}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+
+    def load_engine() -> Engine:
+        return Engine.load(
+            settings.model_dir,
+            manifest,
+            device=device,
+            compute_type=compute_type,
+            inter_threads=settings.inter_threads,
+            intra_threads=settings.intra_threads,
+            beam_size=settings.beam_size,
+            max_decoding_length=settings.max_decoding_length,
+        )
+
+    server_box: list[GracefulServer] = []
+    app = create_app(settings, manifest, load_engine=load_engine, on_fatal=lambda reason: server_box[0].fail(reason))
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.drain_seconds or None,
+        lifespan="on",
+    )
+    server = GracefulServer(config, on_draining=lambda: app.state.service.set_status("draining"), delay=settings.shutdown_delay_seconds)
+    server_box.append(server)
+    server.run()
+    return server.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The model behind one interface: SentencePiece in, CTranslate2 `translate_batch`, SentencePiece out.
+
+Only ctranslate2 and sentencepiece are imported: no torch, no transformers at run time.
+`translate` is blocking and releases the GIL inside CTranslate2; callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import ctranslate2
+import sentencepiece
+
+from service.model_dir import SENTENCEPIECE_NAME, Manifest
+
+log = logging.getLogger(__name__)
+
+# CTranslate2's own default; long texts are split into sentences, so a sentence rarely needs more.
+DEFAULT_MAX_DECODING_LENGTH = 256
+
+
+class EngineError(RuntimeError):
+    """The engine could not be started with the requested settings."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One sentence (or a chunk of one) to translate. Hashable: identical jobs are batched once."""
+
+    source: tuple[str, ...]  # ["__en__", *pieces, "</s>"]
+    target_lang: str
+
+
+@dataclass(frozen=True)
+class Translation:
+    tokens: tuple[str, ...]  # target pieces, the language prefix dropped
+    text: str
+
+
+class Engine:
+    def __init__(
+        self,
+        translator: ctranslate2.Translator,
+        tokenizer: sentencepiece.SentencePieceProcessor,
+        manifest: Manifest,
+        *,
+        beam_size: int,
+        max_decoding_length: int,
+    ) -> None:
+        self._translator = translator
+        self._tokenizer = tokenizer
+        self.manifest = manifest
+        self.beam_size = beam_size
+        self.max_decoding_length = max_decoding_length
+        tokens = manifest.special_tokens
+        self._eos = tokens.eos
+        self._language_tokens = {lang: tokens.language_token(lang) for lang in manifest.languages}
+        # A chunk must fit the encoder (language token and </s> included) and should be short
+        # enough that its translation fits max_decoding_length.
+        self.max_chunk_pieces = max(1, min(manifest.max_input_length - 2, max_decoding_length))
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        manifest: Manifest,
+        *,
+        device: str,
+        compute_type: str,
+        inter_threads: int,
+        intra_threads: int,
+        beam_size: int,
+        max_decoding_length: int,
+    ) -> Engine:
+        device = resolve_device(device)
+        compute_type = resolve_compute_type(device, compute_type)
+        decoding_cap = manifest.max_decoding_length
+        if max_decoding_length > decoding_cap:
+            raise EngineError(f"max decoding length {max_decoding_length} exceeds what the model allows ({decoding_cap})")
+        max_decoding_length = max_decoding_length or min(DEFAULT_MAX_DECODING_LENGTH, decoding_cap)
+        log.info("loading %s on %s (%s, %d×%d threads)", model_dir, device, compute_type, inter_threads, intra_threads)
+        try:
+            translator = ctranslate2.Translator(
+                str(model_dir),
+                device=device,
+                compute_type=compute_type,
+                inter_threads=inter_threads,
+                intra_threads=intra_threads,
+            )
+        except (RuntimeError, ValueError) as error:
+            raise EngineError(f"cannot load the model from {model_dir}: {error}") from None
+        tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(Path(model_dir) / SENTENCEPIECE_NAME))
+        return cls(translator, tokenizer, manifest, beam_size=beam_size, max_decoding_length=max_decoding_length)
+
+    @property
+    def device(self) -> str:
+        return self._translator.device
+
+    @property
+    def compute_type(self) -> str:
+        return self._translator.compute_type
+
+    @property
+    def fingerprint(self) -> str:
+        """What determines a translation besides its input; cache keys include it."""
+        m = self.manifest
+        return f"{m.source}@{m.source_revision or ''}:{m.quantization}:{m.created_at}:b{self.beam_size}:l{self.max_decoding_length}"
+
+    def encode(self, sentence: str, source_lang: str, target_lang: str) -> list[Job]:
+        """Tokenizes one sentence; one that is too long for the model becomes several chunks."""
+        pieces = self._tokenizer.encode(sentence, out_type=str)
+        language = self._language_tokens[source_lang]
+        step = self.max_chunk_pieces
+        return [
+            Job((language, *pieces[start : start + step], self._eos), target_lang)
+            for start in range(0, len(pieces), step)
+        ]
+
+    def translate(self, jobs: list[Job]) -> list[Translation]:
+        """One engine call for the whole batch (blocking; run it in a worker thread)."""
+        results = self._translator.translate_batch(
+            [list(job.source) for job in jobs],
+            target_prefix=[[self._language_tokens[job.target_lang]] for job in jobs],
+            beam_size=self.beam_size,
+            max_decoding_length=self.max_decoding_length,
+            max_input_length=self.manifest.max_input_length,
+        )
+        translations = []
+        for result in results:
+            tokens = tuple(result.hypotheses[0][1:])  # drop the target-language prefix
+            translations.append(Translation(tokens, self._tokenizer.decode_pieces(list(tokens))))
+        return translations
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    if device == "cuda" and ctranslate2.get_cuda_device_count() == 0:
+        raise EngineError("device cuda was requested but CTranslate2 sees no CUDA device")
+    return device
+
+
+def resolve_compute_type(device: str, compute_type: str) -> str:
+    if compute_type == "auto":
+        return "int8_float16" if device == "cuda" else "int8"
+    supported = ctranslate2.get_supported_compute_types(device)
+    if compute_type not in supported:
+        raise EngineError(f"compute type {compute_type} is not supported on {device} (supported: {', '.join(sorted(supported))})")
+    return compute_type

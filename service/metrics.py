@@ -1,0 +1,72 @@
+"""Prometheus metrics of the service (names fixed in docs/contracts.md; k8s alerts use them).
+
+Each app owns its registry, so several apps (tests) can live in one process. Phases are timed
+separately (queue, inference, whole request) and sizes use power-of-two buckets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+# Seconds: from a cache hit (sub-millisecond) to a long document on a busy CPU.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+POWERS_OF_TWO = tuple(float(2**i) for i in range(0, 11))  # 1 .. 1024
+TOKEN_BUCKETS = tuple(float(2**i) for i in range(2, 15))  # 4 .. 16384
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        self.requests = Counter(
+            "translation_requests", "Translation requests by HTTP status", ["status"], registry=registry
+        )
+        self.request_duration = Histogram(
+            "translation_request_duration_seconds", "Time to answer a translation request",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.queue_duration = Histogram(
+            "translation_queue_duration_seconds", "Time a sentence waited for an engine call",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.inference_duration = Histogram(
+            "translation_inference_duration_seconds", "Duration of one engine call (translate_batch)",
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.batch_size = Histogram(
+            "translation_batch_size", "Sentences per engine call", buckets=POWERS_OF_TWO, registry=registry
+        )
+        self.batch_tokens = Histogram(
+            "translation_batch_tokens", "Source tokens per engine call", buckets=TOKEN_BUCKETS, registry=registry
+        )
+        self.queue_depth = Gauge("translation_queue_depth", "Sentences waiting for the engine", registry=registry)
+        self.queue_capacity = Gauge(
+            "translation_queue_capacity", "Sentences that may wait before requests get 429", registry=registry
+        )
+        self.in_flight = Gauge("translation_in_flight_requests", "Translation requests being served", registry=registry)
+        self.input_tokens = Counter("translation_input_tokens", "Source tokens translated by the engine", registry=registry)
+        self.output_tokens = Counter("translation_output_tokens", "Target tokens produced by the engine", registry=registry)
+        self.cache_hits = Counter("translation_cache_hits", "Sentences answered from the cache", registry=registry)
+        self.cache_misses = Counter("translation_cache_misses", "Sentences not in the cache", registry=registry)
+        self.cache_errors = Counter("translation_cache_errors", "Failed shared-cache (Redis) calls", registry=registry)
+        self.cache_up = Gauge(
+            "translation_cache_up", "1 while the shared cache answers (or none is configured), 0 in an outage",
+            registry=registry,
+        )
+        self.ready = Gauge("translation_ready", "1 when ready for traffic, 0 while starting or draining", registry=registry)
+        self.cache_up.set(1)
+
+    def cache_status(self, up: bool) -> None:
+        self.cache_up.set(1 if up else 0)
+        if not up:
+            self.cache_errors.inc()

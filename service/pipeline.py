@@ -1,0 +1,80 @@
+"""Texts in, texts out: segment -> cache -> tokenize -> batcher -> detokenize -> cache -> join."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service import segment
+from service.batcher import Batcher, QueueFull
+from service.cache import Cache
+from service.engine import Engine, Job, Translation
+from service.metrics import Metrics
+from service.schema import Overloaded, PayloadTooLarge
+
+RETRY_AFTER_SECONDS = 1
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    texts: list[str]
+    sentences: int
+    cache_hits: int
+    input_tokens: int
+    output_tokens: int
+    queue_seconds: float
+    inference_seconds: float
+
+
+class Pipeline:
+    def __init__(self, engine: Engine, batcher: Batcher[Job, Translation], cache: Cache, metrics: Metrics, max_queue: int):
+        self._engine = engine
+        self._batcher = batcher
+        self._cache = cache
+        self._metrics = metrics
+        self._max_queue = max_queue
+
+    async def translate(self, from_lang: str, to_lang: str, texts: list[str]) -> PipelineResult:
+        segmented = [segment.split(text) for text in texts]
+        # Each distinct sentence is looked up, translated and cached once per request.
+        unique = list(dict.fromkeys(s for seg in segmented for s in seg.sentences))
+        keys = [(from_lang, to_lang, sentence) for sentence in unique]
+        found = await self._cache.get_many(keys)
+        misses = [sentence for sentence, value in zip(unique, found) if value is None]
+        self._metrics.cache_hits.inc(len(unique) - len(misses))
+        self._metrics.cache_misses.inc(len(misses))
+
+        jobs_per_sentence = [self._engine.encode(sentence, from_lang, to_lang) for sentence in misses]
+        jobs = [job for chunk in jobs_per_sentence for job in chunk]
+        if len(jobs) > self._max_queue:
+            raise PayloadTooLarge(
+                f"the texts make {len(jobs)} sentences to translate; at most {self._max_queue} fit in one request"
+            )
+        try:
+            outcomes = await self._batcher.submit(jobs) if jobs else []
+        except QueueFull:
+            raise Overloaded(
+                "the service is at capacity; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+            ) from None
+
+        glue = "" if to_lang in segment.NO_SPACE_LANGUAGES else " "
+        translated, position = {}, 0
+        for sentence, chunk in zip(misses, jobs_per_sentence):
+            parts = outcomes[position : position + len(chunk)]
+            translated[sentence] = glue.join(outcome.value.text for outcome in parts)
+            position += len(chunk)
+        await self._cache.set_many([((from_lang, to_lang, s), t) for s, t in translated.items()])
+        for sentence, value in zip(unique, found):
+            if value is not None:
+                translated[sentence] = value
+
+        return PipelineResult(
+            texts=[
+                segment.join(seg, [translated[s] for s in seg.sentences], to_lang) for seg in segmented
+            ],
+            sentences=len(unique),
+            cache_hits=len(unique) - len(misses),
+            input_tokens=sum(len(job.source) for job in jobs),
+            output_tokens=sum(len(outcome.value.tokens) for outcome in outcomes),
+            queue_seconds=max((o.queue_seconds for o in outcomes), default=0.0),
+            inference_seconds=max((o.inference_seconds for o in outcomes), default=0.0),
+        )

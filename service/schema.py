@@ -1,0 +1,157 @@
+"""The edge of the API: request parsing and validation, the error tree, and response encoding.
+
+Every error the service returns is an ApiError subclass; its class fixes the HTTP status and
+the code, and every error body has one shape: {"error": {"code": "...", "message": "..."}}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+class ApiError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error": {"code": self.code, "message": self.message}})
+
+
+class MalformedJson(ApiError):
+    status, code = 400, "malformed_json"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    status, code = 405, "method_not_allowed"
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class ValidationFailed(ApiError):
+    status, code = 422, "validation_error"
+
+
+class UnsupportedLanguage(ValidationFailed):
+    code = "unsupported_language"
+
+
+class Overloaded(ApiError):
+    status, code = 429, "overloaded"
+
+
+class TranslationFailed(ApiError):
+    status, code = 500, "translation_failed"
+
+
+class NotReady(ApiError):
+    status, code = 503, "not_ready"
+
+
+# The status table, for the OpenAPI document and the docs: status -> (code, when).
+ERRORS: tuple[type[ApiError], ...] = (
+    MalformedJson, NotFound, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType,
+    ValidationFailed, UnsupportedLanguage, Overloaded, TranslationFailed, NotReady, ApiError,
+)
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str | int
+    text: str
+
+
+@dataclass(frozen=True)
+class TranslationRequest:
+    from_lang: str
+    to_lang: str
+    records: tuple[Record, ...]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_records: int
+    max_text_chars: int
+
+
+def parse_translation_request(body: bytes, languages: Collection[str], limits: Limits) -> TranslationRequest:
+    """Parses and validates a request body; raises the ApiError that says what is wrong and where."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise MalformedJson(f"request body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise ValidationFailed(f"request body must be a JSON object, got {_type_name(document)}")
+    payload = document.get("payload")
+    if payload is None:
+        raise ValidationFailed("missing field: payload")
+    if not isinstance(payload, dict):
+        raise ValidationFailed(f"payload must be an object, got {_type_name(payload)}")
+    from_lang = _language(payload, "fromLang", languages)
+    to_lang = _language(payload, "toLang", languages)
+    records = payload.get("records")
+    if records is None:
+        raise ValidationFailed("missing field: payload.records")
+    if not isinstance(records, list):
+        raise ValidationFailed(f"payload.records must be an array, got {_type_name(records)}")
+    if len(records) > limits.max_records:
+        raise PayloadTooLarge(f"payload.records has {len(records)} records; the limit is {limits.max_records} per request")
+    return TranslationRequest(from_lang, to_lang, tuple(_record(i, r, limits) for i, r in enumerate(records)))
+
+
+def _language(payload: dict, name: str, languages: Collection[str]) -> str:
+    value = payload.get(name)
+    if value is None:
+        raise ValidationFailed(f"missing field: payload.{name} (a language code; GET /languages lists them)")
+    if not isinstance(value, str):
+        raise ValidationFailed(f"payload.{name} must be a string language code, got {_type_name(value)}")
+    if value not in languages:
+        raise UnsupportedLanguage(f"payload.{name} {value!r} is not a supported language; GET /languages lists them")
+    return value
+
+
+def _record(index: int, record: Any, limits: Limits) -> Record:
+    where = f"payload.records[{index}]"
+    if not isinstance(record, dict):
+        raise ValidationFailed(f"{where} must be an object with id and text, got {_type_name(record)}")
+    if "id" not in record:
+        raise ValidationFailed(f"missing field: {where}.id")
+    record_id = record["id"]
+    if isinstance(record_id, bool) or not isinstance(record_id, str | int):
+        raise ValidationFailed(f"{where}.id must be a string or an integer, got {_type_name(record_id)}")
+    if "text" not in record:
+        raise ValidationFailed(f"missing field: {where}.text")
+    text = record["text"]
+    if not isinstance(text, str):
+        raise ValidationFailed(f"{where}.text must be a string, got {_type_name(text)}")
+    if len(text) > limits.max_text_chars:
+        raise PayloadTooLarge(f"{where}.text has {len(text)} characters; the limit is {limits.max_text_chars}")
+    return Record(record_id, text)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, int | float) else type(value).__name__
+    )
+
+
+def encode_result(ids: list[str | int], texts: list[str]) -> bytes:
+    return orjson.dumps({"result": [{"id": i, "text": t} for i, t in zip(ids, texts, strict=True)]})

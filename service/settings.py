@@ -1,0 +1,129 @@
+"""One immutable Settings object, built once at start from command-line flags and MT_* variables.
+
+Every field is documented where it is declared, and the same declaration drives the CLI flag,
+the environment variable and validation. A bad value stops the start with a message naming the
+option. Nothing here is read at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "MT_"
+DEVICES = ("auto", "cpu", "cuda")
+COMPUTE_TYPES = ("auto", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "float16", "bfloat16", "float32")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the flag and the variable."""
+
+
+def _opt(default, help: str, *, minimum: float | None = None, choices: Sequence[str] | None = None):
+    return field(default=default, metadata={"help": help, "minimum": minimum, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path = _opt(None, "model directory written by `python -m convert` (required)")
+    host: str = _opt("0.0.0.0", "address to listen on")
+    port: int = _opt(9527, "port to listen on", minimum=1)
+    device: str = _opt("auto", "cuda when a GPU is present, else cpu", choices=DEVICES)
+    compute_type: str = _opt("auto", "auto = int8_float16 on cuda, int8 on cpu", choices=COMPUTE_TYPES)
+    # Defaults measured on a 2-core CPU with the full-size 418M benchmark model (docs/benchmarks.md):
+    # two single-threaded workers beat one two-threaded worker for batched traffic.
+    inter_threads: int = _opt(2, "CTranslate2 workers: engine calls that run in parallel", minimum=1)
+    intra_threads: int = _opt(1, "threads per CTranslate2 worker (0 = CTranslate2's default of 4)", minimum=0)
+    beam_size: int = _opt(2, "beam size (1 = greedy)", minimum=1)
+    max_decoding_length: int = _opt(0, "longest translation in tokens (0 = what the model's positions allow)", minimum=0)
+    max_batch_size: int = _opt(32, "most sentences in one engine call", minimum=1)
+    max_batch_tokens: int = _opt(2048, "most source tokens in one engine call", minimum=1)
+    batching: bool = _opt(True, "pack sentences of concurrent requests into shared engine calls (off: one sentence per call)")
+    max_queue: int = _opt(512, "sentences waiting for the engine before new requests get 429", minimum=1)
+    max_records: int = _opt(128, "most records in one request (more: 413)", minimum=1)
+    max_text_chars: int = _opt(20000, "longest text of one record in characters (more: 413)", minimum=1)
+    max_body_bytes: int = _opt(2 * 1024 * 1024, "largest request body in bytes (more: 413)", minimum=1)
+    cache_size: int = _opt(20000, "in-process LRU cache entries (0 disables it)", minimum=0)
+    redis_url: str = _opt("", "Redis URL for a cache shared by all replicas, e.g. redis://redis:6379/0 (empty: none)")
+    redis_timeout_ms: int = _opt(50, "Redis command timeout; slower answers count as an outage", minimum=1)
+    redis_ttl_seconds: int = _opt(7 * 24 * 3600, "how long translations live in Redis", minimum=1)
+    drain_seconds: float = _opt(30.0, "on SIGTERM, longest wait for accepted requests to finish", minimum=0)
+    shutdown_delay_seconds: float = _opt(0.0, "on SIGTERM, keep serving this long with /readyz at 503 before closing", minimum=0)
+    log_level: str = _opt("info", "log level", choices=LOG_LEVELS)
+    log_text: bool = _opt(False, "include source texts in error logs (off: texts never reach the logs)")
+
+    @classmethod
+    def load(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        """Flags win over MT_* variables, which win over the defaults."""
+        environ = {} if environ is None else environ
+        parser = _parser(environ)
+        namespace = parser.parse_args(argv)
+        values = {}
+        for spec in dataclasses.fields(cls):
+            raw = getattr(namespace, spec.name)
+            values[spec.name] = _coerce(spec, raw) if raw is not None else spec.default
+        if values["model_dir"] is None:
+            raise SettingsError(f"--model-dir (or {ENV_PREFIX}MODEL_DIR) is required")
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            value, meta = getattr(self, spec.name), spec.metadata
+            if meta["minimum"] is not None and value < meta["minimum"]:
+                raise SettingsError(f"{_names(spec.name)} must be at least {meta['minimum']}, got {value}")
+            if meta["choices"] and value not in meta["choices"]:
+                raise SettingsError(f"{_names(spec.name)} must be one of {', '.join(meta['choices'])}, got {value!r}")
+        if self.port > 65535:
+            raise SettingsError(f"{_names('port')} must be at most 65535, got {self.port}")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(f"{_names('redis_url')} must start with redis://, rediss:// or unix://")
+
+
+def _names(name: str) -> str:
+    return f"--{name.replace('_', '-')} ({ENV_PREFIX}{name.upper()})"
+
+
+def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description=f"Serve a converted M2M100 model. Every option can also be set as {ENV_PREFIX}<OPTION>.",
+    )
+    for spec in dataclasses.fields(Settings):
+        env_name = f"{ENV_PREFIX}{spec.name.upper()}"
+        default = f"default: {spec.default}" if spec.default is not None else "required"
+        parser.add_argument(
+            f"--{spec.name.replace('_', '-')}",
+            dest=spec.name,
+            # Raw strings: converted and checked in one place (_coerce) for flags and variables alike.
+            default=environ.get(env_name),
+            metavar=env_name,
+            help=f"{spec.metadata['help']} ({default})",
+        )
+    return parser
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _coerce(spec: dataclasses.Field, raw: str):
+    kind = type(spec.default) if spec.default is not None else Path
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered not in _TRUE | _FALSE:
+                raise ValueError
+            return lowered in _TRUE
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is Path:
+            return Path(raw)
+        return raw.strip()
+    except ValueError:
+        expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a value")
+        raise SettingsError(f"{_names(spec.name)} must be {expected}, got {raw!r}") from None

@@ -1,0 +1,234 @@
+"""The batcher on its own, driven by fake batch callables (no engine, no web framework)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.batcher import Batcher, BatcherClosed, BatchStats, QueueFull
+
+
+class Recorder:
+    """A fake batch call that records its batches and can be held open or made to fail."""
+
+    def __init__(self, fail_on: set[int] | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+        self.fail_on = fail_on or set()
+        self.running = 0
+        self.max_running = 0
+
+    async def __call__(self, items: list[str]) -> list[str]:
+        self.batches.append(list(items))
+        number = len(self.batches)
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            await self.release.wait()
+            if number in self.fail_on:
+                raise RuntimeError(f"batch {number} exploded")
+            return [item.upper() for item in items]
+        finally:
+            self.running -= 1
+
+
+def make(run, **overrides) -> Batcher[str, str]:
+    options = dict(max_batch_size=8, max_batch_cost=1000, max_queue=100, cost=len, key=lambda item: item)
+    options.update(overrides)
+    batcher = Batcher(run, **options)
+    batcher.start()
+    return batcher
+
+
+async def values(batcher, items):
+    return [outcome.value for outcome in await batcher.submit(items)]
+
+
+async def test_lone_request_runs_at_once_and_results_keep_order():
+    run = Recorder()
+    batcher = make(run)
+    assert await values(batcher, ["b", "a", "c"]) == ["B", "A", "C"]
+    assert run.batches == [["b", "a", "c"]]
+    await batcher.close()
+
+
+async def test_requests_arriving_while_a_batch_runs_share_the_next_batch():
+    run = Recorder()
+    batcher = make(run)
+    run.release.clear()
+    first = asyncio.create_task(values(batcher, ["one"]))
+    await asyncio.sleep(0.01)  # "one" is now running alone
+    later = [asyncio.create_task(values(batcher, [f"x{i}"])) for i in range(5)]
+    await asyncio.sleep(0.01)
+    run.release.set()
+    assert await first == ["ONE"]
+    assert [await task for task in later] == [[f"X{i}"] for i in range(5)]
+    assert run.batches == [["one"], [f"x{i}" for i in range(5)]]
+    await batcher.close()
+
+
+async def test_batches_respect_size_and_cost_budget():
+    run = Recorder()
+    batcher = make(run, max_batch_size=3, max_batch_cost=6)
+    run.release.clear()
+    blocker = asyncio.create_task(values(batcher, ["z"]))
+    await asyncio.sleep(0.01)
+    rest = asyncio.create_task(values(batcher, ["aa", "bb", "cc", "d", "e", "f", "g"]))
+    await asyncio.sleep(0.01)
+    run.release.set()
+    await blocker
+    assert await rest == ["AA", "BB", "CC", "D", "E", "F", "G"]
+    # cost = len: "aa"+"bb"+"cc" = 6 fills the budget; then 3 items cap the next batch.
+    assert run.batches[1:] == [["aa", "bb", "cc"], ["d", "e", "f"], ["g"]]
+    await batcher.close()
+
+
+async def test_an_item_over_the_cost_budget_still_runs_alone():
+    run = Recorder()
+    batcher = make(run, max_batch_cost=3)
+    assert await values(batcher, ["toolong", "x"]) == ["TOOLONG", "X"]
+    assert run.batches == [["toolong"], ["x"]]
+    await batcher.close()
+
+
+async def test_identical_items_in_flight_are_computed_once():
+    run = Recorder()
+    batcher = make(run)
+    run.release.clear()
+    blocker = asyncio.create_task(values(batcher, ["z"]))
+    await asyncio.sleep(0.01)
+    a = asyncio.create_task(values(batcher, ["same", "other", "same"]))
+    b = asyncio.create_task(values(batcher, ["same"]))
+    await asyncio.sleep(0.01)
+    run.release.set()
+    await blocker
+    assert await a == ["SAME", "OTHER", "SAME"]
+    assert await b == ["SAME"]
+    assert run.batches[1] == ["same", "other"]
+    await batcher.close()
+
+
+async def test_a_failing_batch_fails_only_its_callers_and_the_worker_goes_on():
+    run = Recorder(fail_on={2})
+    batcher = make(run)
+    run.release.clear()
+    first = asyncio.create_task(values(batcher, ["ok"]))
+    await asyncio.sleep(0.01)
+    doomed = [asyncio.create_task(values(batcher, [f"d{i}"])) for i in range(3)]
+    await asyncio.sleep(0.01)
+    run.release.set()
+    assert await first == ["OK"]
+    for task in doomed:
+        with pytest.raises(RuntimeError, match="batch 2 exploded"):
+            await task
+    assert batcher.alive
+    assert await values(batcher, ["after"]) == ["AFTER"]
+    await batcher.close()
+
+
+async def test_wrong_result_count_is_a_batch_error_not_a_hang():
+    async def short(items):
+        return items[:-1]
+
+    batcher = make(short)
+    with pytest.raises(RuntimeError, match="returned 1 results for 2 items"):
+        await batcher.submit(["a", "b"])
+    assert batcher.alive
+    await batcher.close()
+
+
+async def test_items_of_callers_that_left_are_not_computed():
+    run = Recorder()
+    batcher = make(run)
+    run.release.clear()
+    blocker = asyncio.create_task(values(batcher, ["z"]))
+    await asyncio.sleep(0.01)
+    gone = asyncio.create_task(values(batcher, ["gone1", "shared"]))
+    stays = asyncio.create_task(values(batcher, ["shared"]))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    await asyncio.sleep(0.01)
+    run.release.set()
+    await blocker
+    assert await stays == ["SHARED"]
+    assert run.batches == [["z"], ["shared"]]
+    await batcher.close()
+
+
+async def test_full_queue_refuses_all_or_nothing():
+    run = Recorder()
+    batcher = make(run, max_queue=3)
+    run.release.clear()
+    blocker = asyncio.create_task(values(batcher, ["z"]))
+    await asyncio.sleep(0.01)  # "z" left the queue: it is running
+    waiting = asyncio.create_task(values(batcher, ["a", "b"]))
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull):
+        await batcher.submit(["c", "d"])
+    assert batcher.queue_depth == 2  # nothing of the refused request was queued
+    run.release.set()
+    await blocker
+    assert await waiting == ["A", "B"]
+    await batcher.close()
+
+
+async def test_concurrency_runs_batches_in_parallel():
+    run = Recorder()
+    batcher = make(run, max_batch_size=1, concurrency=2)
+    run.release.clear()
+    tasks = [asyncio.create_task(values(batcher, [f"p{i}"])) for i in range(4)]
+    await asyncio.sleep(0.02)
+    assert run.running == 2
+    run.release.set()
+    assert [await t for t in tasks] == [[f"P{i}"] for i in range(4)]
+    assert run.max_running == 2
+    await batcher.close()
+
+
+async def test_close_finishes_queued_work_then_refuses_new_items():
+    run = Recorder()
+    batcher = make(run, max_batch_size=1)
+    run.release.clear()
+    tasks = [asyncio.create_task(values(batcher, [f"q{i}"])) for i in range(3)]
+    await asyncio.sleep(0.01)
+    closing = asyncio.create_task(batcher.close())
+    await asyncio.sleep(0.01)
+    with pytest.raises(BatcherClosed):
+        await batcher.submit(["late"])
+    run.release.set()
+    await closing
+    assert [await t for t in tasks] == [["Q0"], ["Q1"], ["Q2"]]
+    assert not batcher.alive
+
+
+async def test_hooks_report_batches_and_waits_and_a_broken_hook_does_not_kill_the_worker():
+    seen: list[BatchStats] = []
+    waits: list[float] = []
+
+    def on_batch(stats):
+        seen.append(stats)
+        raise ValueError("metrics backend down")
+
+    batcher = make(Recorder(), on_batch=on_batch, on_wait=waits.append)
+    assert await values(batcher, ["ab", "c"]) == ["AB", "C"]
+    assert await values(batcher, ["d"]) == ["D"]
+    assert [(s.size, s.cost, s.failed) for s in seen] == [(2, 3, False), (1, 1, False)]
+    assert len(waits) == 3  # waits are reported even though on_batch raised
+    await batcher.close()
+
+
+async def test_outcomes_carry_queue_and_inference_time():
+    async def slow(items):
+        await asyncio.sleep(0.05)
+        return items
+
+    batcher = make(slow)
+    first = asyncio.create_task(batcher.submit(["a"]))
+    await asyncio.sleep(0.01)
+    second = await batcher.submit(["b"])
+    (a,) = await first
+    assert a.inference_seconds >= 0.04 and a.queue_seconds < 0.02
+    assert second[0].queue_seconds >= 0.02
+    await batcher.close()

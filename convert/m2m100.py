@@ -22,6 +22,7 @@ from service.model_dir import SENTENCEPIECE_NAME, Manifest, SpecialTokens, write
 QUANTIZATIONS = ("int8", "int8_float16", "int8_float32", "float16", "float32")
 DEFAULT_SOURCE = "facebook/m2m100_418M"
 M2M100_MODEL_TYPE = "m2m_100"
+M2M100_LANGUAGE_COUNT = 100
 # What a checkpoint directory must hold besides the weights.
 CHECKPOINT_FILES = ("config.json", "vocab.json", SENTENCEPIECE_NAME)
 # Files fetched from the hub: configs, tokenizer, and one weights format (safetensors preferred).
@@ -53,12 +54,14 @@ def convert(
     checkpoint, revision = _resolve_checkpoint(source)
     config = _check_checkpoint(checkpoint)
 
+    tokenizer = _load_tokenizer(checkpoint)
+    languages = _check_tokenizer(tokenizer)
+
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
         progress(f"loading checkpoint and converting to CTranslate2 ({quantization})")
-        tokenizer = _convert_weights(checkpoint, staging, quantization)
-        languages = _check_tokenizer(tokenizer)
+        _convert_weights(checkpoint, staging, quantization)
 
         progress("verifying the vocabulary and writing the manifest")
         _check_vocabulary(staging, tokenizer, languages, expected_size=int(config["vocab_size"]))
@@ -120,8 +123,7 @@ def _download_from_hub(repo_id: str) -> tuple[Path, str | None]:
     except errors.LocalEntryNotFoundError:
         raise ConversionError(f"the Hugging Face hub is disabled (HF_HUB_OFFLINE) and {repo_id} is not cached; {local_hint}") from None
     except Exception as error:  # noqa: BLE001 - every other failure here is the network or the hub
-        reason = str(error).splitlines()[0] if str(error) else error.__class__.__name__
-        raise ConversionError(f"the Hugging Face hub is unreachable ({reason}); {local_hint}") from None
+        raise ConversionError(f"the Hugging Face hub is unreachable ({_first_line(error)}); {local_hint}") from None
 
 
 def _check_checkpoint(checkpoint: Path) -> dict:
@@ -140,40 +142,43 @@ def _check_checkpoint(checkpoint: Path) -> dict:
     return config
 
 
-def _convert_weights(checkpoint: Path, staging: Path, quantization: str):
-    """Runs CTranslate2's Transformers converter; returns the tokenizer it loaded."""
+def _load_tokenizer(checkpoint: Path):
+    # The same class CTranslate2's converter uses, loaded first: a wrong tokenizer fails in seconds.
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(checkpoint))
+    except Exception as error:  # noqa: BLE001 - transformers raises many kinds here
+        raise ConversionError(f"cannot load the tokenizer of {checkpoint}: {_first_line(error)}") from None
+
+
+def _convert_weights(checkpoint: Path, staging: Path, quantization: str) -> None:
     from ctranslate2.converters import TransformersConverter
 
-    class _KeepTokenizer(TransformersConverter):
-        # The converter loads the tokenizer anyway; keep it instead of loading it a second time.
-        tokenizer = None
-
-        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
-            self.tokenizer = super().load_tokenizer(tokenizer_class, model_name_or_path, **kwargs)
-            return self.tokenizer
-
-    converter = _KeepTokenizer(str(checkpoint))
     try:
-        converter.convert(str(staging), quantization=quantization, force=True)
+        TransformersConverter(str(checkpoint)).convert(str(staging), quantization=quantization, force=True)
     except Exception as error:  # noqa: BLE001 - the converter raises bare ValueError/RuntimeError/OSError
-        detail = str(error).splitlines()[0] if str(error) else error.__class__.__name__
-        if "vocabulary" in detail.lower() and "size" in detail.lower():
-            detail += " (does the tokenizer list the 100 M2M100 language codes and 8 madeup words?)"
-        raise ConversionError(f"CTranslate2 could not convert {checkpoint}: {detail}") from None
-    return converter.tokenizer
+        raise ConversionError(f"CTranslate2 could not convert {checkpoint}: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else error.__class__.__name__
 
 
 def _check_tokenizer(tokenizer) -> tuple[str, ...]:
+    """The tokenizer must know the 100 M2M100 language codes, or the vocabulary won't line up."""
     lang_code_to_id = getattr(tokenizer, "lang_code_to_id", None)
     if not lang_code_to_id:
         raise ConversionError(
             f"the tokenizer ({tokenizer.__class__.__name__}) has no M2M100 language codes; "
             "an M2M100 checkpoint needs tokenizer_config.json with tokenizer_class M2M100Tokenizer"
         )
-    vocab = tokenizer.get_vocab()
-    missing = [code for code in lang_code_to_id if tokenizer.lang_code_to_token[code] not in vocab]
-    if missing:
-        raise ConversionError(f"the tokenizer lacks the language tokens for: {', '.join(missing[:10])}")
+    if len(lang_code_to_id) != M2M100_LANGUAGE_COUNT:
+        raise ConversionError(
+            f"the tokenizer lists {len(lang_code_to_id)} language codes, an M2M100 tokenizer lists "
+            f"{M2M100_LANGUAGE_COUNT} (check language_codes in tokenizer_config.json)"
+        )
     return tuple(lang_code_to_id)
 
 

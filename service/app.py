@@ -113,6 +113,7 @@ def create_app(
                 await state.batcher.close()
             if state.cache is not None:
                 await state.cache.close()
+            log.info("stopped: every accepted request was answered")
 
     async def translation(request: Request) -> Response:
         started = time.perf_counter()
@@ -143,7 +144,8 @@ def create_app(
         return response
 
     async def _translate(request: Request, info: dict) -> Response:
-        if state.status != "ready" or state.pipeline is None:
+        # While draining, requests still arrive until the load balancer has noticed /readyz: serve them.
+        if state.status not in ("ready", "draining") or state.pipeline is None:
             raise NotReady(f"the service is {state.status}; retry shortly", headers={"Retry-After": "1"})
         content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if content_type not in ("application/json", ""):
@@ -158,6 +160,9 @@ def create_app(
         gone = asyncio.ensure_future(_wait_for_disconnect(request))
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()  # the server gave up on this request: so do we
+            raise
         finally:
             gone.cancel()
         if not work.done():

@@ -1,0 +1,270 @@
+"""The HTTP API in-process (ASGI) on the converted toy model: contract, errors, batching, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.conftest import AppClient, build_app, metric_value
+from tests.fixtures.toy_task import expected_translation
+
+SENTENCES = ["alpha bravo charlie.", "delta echo", "foxtrot golf hotel india.", "juliet"]
+
+
+@pytest.fixture
+async def client(toy_model_dir):
+    async with AppClient(build_app(toy_model_dir)) as client:
+        yield client
+
+
+async def test_contract_exact_translations_in_order_with_ids_echoed(client):
+    body = {
+        "payload": {
+            "fromLang": "en",
+            "toLang": "fr",
+            "records": [
+                {"id": "123", "text": "alpha bravo charlie."},
+                {"id": 7, "text": "delta echo"},
+                {"id": "123", "text": "foxtrot golf hotel india."},
+            ],
+        }
+    }
+    response = await client.http.post("/translation", json=body)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "result": [
+            {"id": "123", "text": "charlie bravo alpha."},
+            {"id": 7, "text": "echo delta"},
+            {"id": "123", "text": "india hotel golf foxtrot."},
+        ]
+    }
+    for header in ("x-request-id", "x-queue-time", "x-inference-time", "x-total-time"):
+        assert header in response.headers
+    assert float(response.headers["x-total-time"]) >= float(response.headers["x-inference-time"]) > 0
+
+
+@pytest.mark.parametrize("source, target", [("en", "en"), ("en", "fr"), ("fr", "de"), ("de", "en"), ("es", "fr")])
+async def test_language_tokens_steer_the_output(client, source, target):
+    response = await client.translate(source, target, SENTENCES)
+    assert response.status_code == 200
+    assert [r["text"] for r in response.json()["result"]] == [expected_translation(s, target) for s in SENTENCES]
+
+
+async def test_long_texts_are_split_into_sentences_and_rejoined_keeping_paragraphs(client):
+    text = "alpha bravo. charlie delta echo.\n\nfoxtrot golf hotel.\nindia juliet."
+    response = await client.translate("en", "fr", [text])
+    assert response.json()["result"][0]["text"] == "bravo alpha. echo delta charlie.\n\nhotel golf foxtrot.\njuliet india."
+
+
+async def test_a_sentence_longer_than_the_model_takes_is_chunked_not_refused(client):
+    # The toy model has 64 positions; 150 words without a full stop must still translate.
+    text = " ".join(["alpha"] * 150)
+    before = metric_value((await client.http.get("/metrics")).text, "translation_batch_size_count")
+    response = await client.translate("en", "en", [text])
+    assert response.status_code == 200
+    assert response.json()["result"][0]["text"].startswith("alpha")
+    metrics = (await client.http.get("/metrics")).text
+    assert metric_value(metrics, "translation_batch_size_count") == before + 1
+    assert metric_value(metrics, "translation_batch_size_sum") >= 3  # 150 pieces in chunks of at most 62
+
+
+async def test_empty_records_and_empty_texts(client):
+    empty = await client.http.post("/translation", json={"payload": {"fromLang": "en", "toLang": "fr", "records": []}})
+    assert empty.status_code == 200 and empty.json() == {"result": []}
+    response = await client.translate("en", "fr", ["", "alpha bravo", "  "])
+    assert response.json()["result"] == [{"id": "0", "text": ""}, {"id": "1", "text": "bravo alpha"}, {"id": "2", "text": "  "}]
+
+
+async def test_repeated_sentences_are_cached_and_metrics_move(client):
+    await client.translate("en", "de", ["alpha bravo charlie."])
+    response = await client.translate("en", "de", ["alpha bravo charlie.", "alpha bravo charlie."])
+    assert [r["text"] for r in response.json()["result"]] == ["bravo charlie alpha."] * 2
+    assert float(response.headers["x-inference-time"]) == 0  # answered from the cache
+    metrics = (await client.http.get("/metrics")).text
+    assert metric_value(metrics, "translation_cache_hits_total") >= 1
+    assert metric_value(metrics, "translation_cache_misses_total") >= 1
+    assert metric_value(metrics, "translation_requests_total", 'status="200"') == 2
+    assert metric_value(metrics, "translation_request_duration_seconds_count") == 2
+    assert metric_value(metrics, "translation_input_tokens_total") > 0
+    assert metric_value(metrics, "translation_output_tokens_total") > 0
+    assert metric_value(metrics, "translation_ready") == 1
+    assert metric_value(metrics, "translation_cache_up") == 1
+    assert metric_value(metrics, "translation_queue_capacity") == 512
+
+
+async def test_concurrent_requests_share_batches(toy_model_dir):
+    async with AppClient(build_app(toy_model_dir, inter_threads=1)) as client:
+        texts = [[f"{w} bravo charlie."] for w in ("alpha", "delta", "echo", "golf", "hotel", "india", "kilo", "lima")]
+        responses = await asyncio.gather(*(client.translate("en", "fr", t) for t in texts * 4))
+        for response, text in zip(responses, texts * 4):
+            assert response.json()["result"][0]["text"] == expected_translation(text[0], "fr")
+        metrics = (await client.http.get("/metrics")).text
+        batches = metric_value(metrics, "translation_batch_size_count")
+        assert metric_value(metrics, "translation_batch_size_sum") == 8 + 1  # 8 distinct + warm-up
+        assert batches < 8 + 1  # some batches held more than one sentence
+
+
+async def test_endpoints_besides_translation(client):
+    languages = (await client.http.get("/languages")).json()["languages"]
+    assert len(languages) == 100 and "en" in languages and "ja" in languages
+    assert (await client.http.get("/healthz")).json() == {"status": "alive"}
+    assert (await client.http.get("/readyz")).json() == {"status": "ready"}
+    document = (await client.http.get("/openapi.json")).json()
+    assert set(document["paths"]) == {"/translation", "/languages", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+    responses = document["paths"]["/translation"]["post"]["responses"]
+    assert set(responses) == {"200", "400", "413", "415", "422", "429", "500", "503"}
+    assert "unsupported_language" in responses["422"]["description"]
+
+
+def payload(**changes):
+    body = {"payload": {"fromLang": "en", "toLang": "fr", "records": [{"id": "1", "text": "alpha"}]}}
+    body["payload"].update(changes)
+    return body
+
+
+@pytest.mark.parametrize(
+    "body, status, code, message",
+    [
+        (b"{not json", 400, "malformed_json", "request body is not valid JSON"),
+        (b"[1, 2]", 422, "validation_error", "request body must be a JSON object, got an array"),
+        (b"{}", 422, "validation_error", "missing field: payload"),
+        ({"payload": "x"}, 422, "validation_error", "payload must be an object, got a string"),
+        ({"payload": {"fromLang": "en", "toLang": "fr"}}, 422, "validation_error", "missing field: payload.records"),
+        (payload(records={"id": 1}), 422, "validation_error", "payload.records must be an array, got an object"),
+        (payload(records=[{"text": "a"}]), 422, "validation_error", "missing field: payload.records[0].id"),
+        (payload(records=[{"id": "1", "text": "a"}, {"id": "2"}]), 422, "validation_error", "missing field: payload.records[1].text"),
+        (payload(records=[{"id": "1", "text": 5}]), 422, "validation_error", "payload.records[0].text must be a string, got a number"),
+        (payload(records=[{"id": None, "text": "a"}]), 422, "validation_error", "payload.records[0].id must be a string or an integer, got null"),
+        (payload(records=["alpha"]), 422, "validation_error", "payload.records[0] must be an object with id and text, got a string"),
+        (payload(fromLang="xx"), 422, "unsupported_language", "payload.fromLang 'xx' is not a supported language; GET /languages lists them"),
+        (payload(toLang="klingon"), 422, "unsupported_language", "payload.toLang 'klingon' is not a supported language; GET /languages lists them"),
+        (payload(toLang=None), 422, "validation_error", "missing field: payload.toLang (a language code; GET /languages lists them)"),
+        (payload(fromLang=3), 422, "validation_error", "payload.fromLang must be a string language code, got a number"),
+        (payload(records=[{"id": str(i), "text": "a"} for i in range(129)]), 413, "payload_too_large",
+         "payload.records has 129 records; the limit is 128 per request"),
+        (payload(records=[{"id": "1", "text": "a" * 20001}]), 413, "payload_too_large",
+         "payload.records[0].text has 20001 characters; the limit is 20000"),
+    ],
+)
+async def test_bad_requests_get_their_status_code_and_message(client, body, status, code, message):
+    if isinstance(body, bytes):
+        response = await client.http.post("/translation", content=body, headers={"content-type": "application/json"})
+    else:
+        response = await client.http.post("/translation", json=body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"].startswith(message)
+    assert "Traceback" not in response.text
+
+
+async def test_body_over_the_limit_is_refused_before_it_is_read(toy_model_dir):
+    async with AppClient(build_app(toy_model_dir, max_body_bytes=1000)) as client:
+        big = payload(records=[{"id": "1", "text": "alpha " * 300}])
+        response = await client.http.post("/translation", json=big)
+        assert response.status_code == 413
+        assert response.json()["error"] == {"code": "payload_too_large", "message": response.json()["error"]["message"]}
+        assert "the limit is 1000" in response.json()["error"]["message"]
+
+        async def chunks():  # no content-length: refused while streaming
+            for _ in range(50):
+                yield b" " * 100
+
+        streamed = await client.http.post("/translation", content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+        assert streamed.json()["error"]["message"] == "request body exceeds the limit of 1000 bytes"
+
+
+async def test_other_http_errors_use_the_same_shape(client):
+    response = await client.http.post("/translation", content=b"x", headers={"content-type": "text/plain"})
+    assert (response.status_code, response.json()["error"]["code"]) == (415, "unsupported_media_type")
+    response = await client.http.get("/nope")
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+    response = await client.http.get("/translation")
+    assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")
+
+
+class SlowEngine:
+    """Wraps the real engine; each engine call takes `delay` seconds more (a busy machine)."""
+
+    def __init__(self, engine, delay: float) -> None:
+        self._engine, self._delay = engine, delay
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def translate(self, jobs):
+        time.sleep(self._delay)
+        return self._engine.translate(jobs)
+
+
+async def test_overload_gets_429_with_retry_after_and_accepted_requests_complete(toy_model_dir):
+    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.2), max_queue=4, max_batch_size=2, inter_threads=1)
+    async with AppClient(app) as client:
+        texts = [[f"alpha {w}"] for w in ("bravo", "charlie", "delta", "echo", "golf", "hotel", "india", "kilo", "lima", "mike")]
+        responses = await asyncio.gather(*(client.translate("en", "fr", t) for t in texts))
+        statuses = [r.status_code for r in responses]
+        assert statuses.count(429) > 0 and statuses.count(200) > 0
+        for response, text in zip(responses, texts):
+            if response.status_code == 429:
+                assert response.headers["retry-after"] == "1"
+                assert response.json()["error"] == {"code": "overloaded", "message": "the service is at capacity; retry shortly"}
+            else:
+                assert response.json()["result"][0]["text"] == expected_translation(text[0], "fr")
+
+
+async def test_a_request_larger_than_the_whole_queue_gets_413(toy_model_dir):
+    async with AppClient(build_app(toy_model_dir, max_queue=3)) as client:
+        response = await client.translate("en", "fr", ["alpha.", "bravo.", "charlie.", "delta."])
+        assert response.status_code == 413
+        assert response.json()["error"]["message"] == "the texts make 4 sentences to translate; at most 3 fit in one request"
+
+
+class FailingEngine(SlowEngine):
+    """Raises for any batch holding the word "kilo"."""
+
+    def translate(self, jobs):
+        time.sleep(self._delay)
+        if any("▁kilo" in job.source for job in jobs):
+            raise RuntimeError("CUDA error: out of memory")
+        return self._engine.translate(jobs)
+
+
+async def test_an_engine_error_fails_only_that_batchs_requests_and_service_goes_on(toy_model_dir):
+    app = build_app(toy_model_dir, wrap_engine=lambda e: FailingEngine(e, 0.05), batching="off", inter_threads=1)
+    async with AppClient(app) as client:
+        doomed, fine = await asyncio.gather(client.translate("en", "fr", ["kilo alpha"]), client.translate("en", "fr", ["alpha bravo"]))
+        assert doomed.status_code == 500
+        assert doomed.json()["error"]["code"] == "translation_failed"
+        assert "RuntimeError: CUDA error: out of memory" in doomed.json()["error"]["message"]
+        assert "Traceback" not in doomed.text
+        assert fine.json()["result"][0]["text"] == "bravo alpha"
+        after = await client.translate("en", "fr", ["charlie delta"])
+        assert after.json()["result"][0]["text"] == "delta charlie"
+        assert (await client.http.get("/healthz")).status_code == 200
+        metrics = (await client.http.get("/metrics")).text
+        assert metric_value(metrics, "translation_requests_total", 'status="500"') == 1
+
+
+async def test_a_client_that_leaves_is_not_translated(toy_model_dir):
+    calls: list[list] = []
+
+    class Recording(SlowEngine):
+        def translate(self, jobs):
+            calls.append([job.source for job in jobs])
+            return super().translate(jobs)
+
+    app = build_app(toy_model_dir, wrap_engine=lambda e: Recording(e, 0.3), inter_threads=1)
+    async with AppClient(app) as client:
+        calls.clear()
+        blocker = asyncio.create_task(client.translate("en", "fr", ["alpha"]))
+        await asyncio.sleep(0.05)
+        leaver = asyncio.create_task(client.translate("en", "fr", ["bravo charlie delta"]))
+        await asyncio.sleep(0.05)
+        leaver.cancel()  # the client hangs up while its sentence waits in the queue
+        assert (await blocker).status_code == 200
+        await asyncio.sleep(0.1)
+        assert not any("▁delta" in source for batch in calls for source in batch)

@@ -1,0 +1,166 @@
+"""The service as a real process: uvicorn on a free loopback port, Redis, SIGTERM, run-time imports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port, metric_value
+from tests.fixtures.toy_task import WORDS, expected_translation
+
+pytestmark = pytest.mark.slow
+
+
+def body(from_lang: str, to_lang: str, texts: list[str]) -> dict:
+    return {"payload": {"fromLang": from_lang, "toLang": to_lang, "records": [{"id": str(i), "text": t} for i, t in enumerate(texts)]}}
+
+
+def distinct_sentences(count: int) -> list[str]:
+    """`count` (< 400) different in-task sentences of 3 to 5 words: the first two words spell i in base 20."""
+    out = []
+    for i in range(count):
+        words = [WORDS[i % 20], WORDS[(i // 20) % 20]] + [WORDS[(i * 7 + k) % 20] for k in range(1 + i % 3)]
+        out.append(" ".join(words) + ("." if i % 2 else ""))
+    assert len(set(out)) == count
+    return out
+
+
+def test_the_runtime_never_imports_torch_or_transformers():
+    code = (
+        "import sys, service.__main__, service.app, service.engine, service.cache, service.pipeline;"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", "import json;" + code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+def test_200_concurrent_requests_get_their_translations_in_shared_batches(toy_model_dir, start_service):
+    service = start_service(toy_model_dir)
+    sentences = distinct_sentences(200)
+    targets = [("en", "fr", "de")[i % 3] for i in range(200)]
+
+    async def burst():
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=service.url, timeout=60, limits=limits) as client:
+            return await asyncio.gather(
+                *(client.post("/translation", json=body("en", t, [s])) for s, t in zip(sentences, targets))
+            )
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 200
+    for response, sentence, target in zip(responses, sentences, targets):
+        assert response.json() == {"result": [{"id": "0", "text": expected_translation(sentence, target)}]}
+    metrics = httpx.get(f"{service.url}/metrics").text
+    batches = metric_value(metrics, "translation_batch_size_count")
+    single = metric_value(metrics, "translation_batch_size_bucket", 'le="1.0"')
+    assert batches - single >= 1, "no batch held more than one sentence"
+    assert metric_value(metrics, "translation_batch_size_sum") == 200 + 1  # the warm-up sentence too
+    assert metric_value(metrics, "translation_requests_total", 'status="200"') == 200
+    # The process that served all this never loaded torch.
+    maps = Path(f"/proc/{service.process.pid}/maps").read_text()
+    assert "libtorch" not in maps and "ctranslate2" in maps
+    # One JSON log line per request, without texts.
+    lines = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line.get("message") == "request"]
+    assert len(requests) == 200
+    assert {"request_id", "records", "input_tokens", "output_tokens", "status", "latency_ms"} <= set(requests[0])
+    assert not any(sentences[0] in line for line in service.log().splitlines())
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (make test installs it)")
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            import redis
+
+            if redis.Redis(port=port, socket_timeout=0.5).ping():
+                break
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.05)
+    yield port, process
+    process.kill()
+    process.wait(5)
+
+
+def test_redis_cache_is_shared_between_replicas_and_an_outage_fails_no_request(toy_model_dir, start_service, redis_server):
+    port, redis_process = redis_server
+    env = {"MT_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    first, second = start_service(toy_model_dir, env=env), start_service(toy_model_dir, env=env)
+    texts = ["alpha bravo charlie.", "delta echo foxtrot"]
+
+    assert httpx.post(f"{first.url}/translation", json=body("en", "fr", texts)).status_code == 200
+    # The other replica finds both sentences in Redis: no engine call for them.
+    response = httpx.post(f"{second.url}/translation", json=body("en", "fr", texts))
+    assert [r["text"] for r in response.json()["result"]] == ["charlie bravo alpha.", "foxtrot echo delta"]
+    metrics = httpx.get(f"{second.url}/metrics").text
+    assert metric_value(metrics, "translation_cache_hits_total") == 2
+    assert metric_value(metrics, "translation_cache_up") == 1
+
+    redis_process.kill()
+    redis_process.wait(5)
+    for words in (["golf hotel"], ["india juliet kilo."], ["alpha bravo charlie."]):
+        response = httpx.post(f"{second.url}/translation", json=body("en", "de", words), timeout=10)
+        assert response.status_code == 200
+        assert response.json()["result"][0]["text"] == expected_translation(words[0], "de")
+    metrics = httpx.get(f"{second.url}/metrics").text
+    assert metric_value(metrics, "translation_cache_up") == 0
+    assert metric_value(metrics, "translation_cache_errors_total") >= 1
+    assert "redis cache unavailable" in second.log()
+    assert httpx.get(f"{second.url}/readyz").status_code == 200
+
+
+def test_sigterm_during_a_burst_answers_every_accepted_request(toy_model_dir, start_service):
+    service = start_service(toy_model_dir, env={"MT_SHUTDOWN_DELAY_SECONDS": "1", "MT_INTER_THREADS": "1"})
+    sentences = distinct_sentences(120)
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=service.url, timeout=60, limits=httpx.Limits(max_connections=300)) as client:
+            async def one(i):
+                await asyncio.sleep(i * 0.01)  # a steady stream over ~2.4 s
+                try:
+                    return await client.post("/translation", json=body("en", "fr", [sentences[i % 120]] * 3 + [f"{sentences[(i + 1) % 120]}"]))
+                except httpx.TransportError as error:
+                    return error
+
+            async def terminate():
+                await asyncio.sleep(0.6)
+                service.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.2)
+                return await client.get("/readyz")
+
+            *results, readiness = await asyncio.gather(*(one(i) for i in range(240)), terminate())
+            return results, readiness
+
+    results, readiness = asyncio.run(burst())
+    assert readiness.status_code == 503 and readiness.json() == {"status": "draining"}
+    answered = [(i, r) for i, r in enumerate(results) if isinstance(r, httpx.Response)]
+    refused = [r for r in results if not isinstance(r, httpx.Response)]
+    assert len(answered) > 60 and refused, "the burst should straddle the shutdown"
+    for i, response in answered:
+        assert response.status_code == 200, response.text
+        expected = [expected_translation(sentences[i % 120], "fr")] * 3 + [expected_translation(sentences[(i + 1) % 120], "fr")]
+        assert [r["text"] for r in response.json()["result"]] == expected
+    # After the listener closed, connections are refused: never accepted and then dropped.
+    assert all(isinstance(error, httpx.ConnectError) for error in refused), {type(e).__name__ for e in refused}
+    # uvicorn re-raises the SIGTERM it caught once shutdown is complete, so the status is "killed by SIGTERM".
+    assert service.process.wait(30) == -signal.SIGTERM
+    assert "stopped: every accepted request was answered" in service.log()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -164,3 +165,35 @@ def test_sigterm_during_a_burst_answers_every_accepted_request(toy_model_dir, st
     # uvicorn re-raises the SIGTERM it caught once shutdown is complete, so the status is "killed by SIGTERM".
     assert service.process.wait(30) == -signal.SIGTERM
     assert "stopped: every accepted request was answered" in service.log()
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--model-dir", "/nonexistent"], {}, "service: error: model directory /nonexistent does not exist; create it with `python -m convert`"),
+        (["--port", "http"], {}, "service: error: --port (MT_PORT) must be an integer, got 'http'"),
+        ([], {"MT_COMPUTE_TYPE": "float16"}, "service: error: compute type float16 is not supported on cpu"),
+        ([], {"MT_DEVICE": "cuda"}, "service: error: device cuda was requested but CTranslate2 sees no CUDA device"),
+    ],
+)
+def test_bad_configuration_stops_the_start_with_one_line(toy_model_dir, args, env, message):
+    argv = ["--model-dir", str(toy_model_dir), *args]
+    result = subprocess.run(
+        [sys.executable, "-m", "service", *argv], cwd=ROOT, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(message)
+    assert "Traceback" not in result.stderr
+
+
+def test_a_model_that_fails_to_load_stops_the_process_instead_of_hanging_unready(toy_model_dir, tmp_path):
+    broken = Path(shutil.copytree(toy_model_dir, tmp_path / "broken"))
+    (broken / "model.bin").write_bytes(b"not a model")
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--model-dir", str(broken), "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "model failed to start" in result.stderr and "Traceback" not in result.stderr

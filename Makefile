@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv venv-convert venv-dev convert run serve test bench-checkpoint clean distclean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
 
 # --- virtual environment: one stamp per requirements set, rebuilt when a requirements file changes
 $(VENV)/bin/python:

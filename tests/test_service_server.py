@@ -136,7 +136,7 @@ def test_sigterm_during_a_burst_answers_every_accepted_request(toy_model_dir, st
     async def burst():
         async with httpx.AsyncClient(base_url=service.url, timeout=60, limits=httpx.Limits(max_connections=300)) as client:
             async def one(i):
-                await asyncio.sleep(i * 0.01)  # a steady stream over ~2.4 s
+                await asyncio.sleep(i * 0.01)  # a steady stream over ~3.6 s
                 try:
                     return await client.post("/translation", json=body("en", "fr", [sentences[i % 120]] * 3 + [f"{sentences[(i + 1) % 120]}"]))
                 except httpx.TransportError as error:
@@ -145,10 +145,14 @@ def test_sigterm_during_a_burst_answers_every_accepted_request(toy_model_dir, st
             async def terminate():
                 await asyncio.sleep(0.6)
                 service.process.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.2)
-                return await client.get("/readyz")
+                for _ in range(40):  # within the 1 s shutdown delay /readyz must turn 503
+                    await asyncio.sleep(0.02)
+                    readiness = await client.get("/readyz")
+                    if readiness.status_code == 503:
+                        break
+                return readiness
 
-            *results, readiness = await asyncio.gather(*(one(i) for i in range(240)), terminate())
+            *results, readiness = await asyncio.gather(*(one(i) for i in range(360)), terminate())
             return results, readiness
 
     results, readiness = asyncio.run(burst())

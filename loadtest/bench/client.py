@@ -1,0 +1,233 @@
+"""A light closed-loop HTTP client for the benchmarks: C concurrent clients, one sentence per request.
+
+Each client takes the next sentence from a shared list, posts it as a single-record request, waits for the
+answer, and takes the next, until the list is used up. Latency is measured here (client side); the service's
+timing headers are kept too. Output tokens come from the service's own counter
+(translation_output_tokens_total, read from /metrics before and after), so nothing is re-tokenized here.
+
+Raw asyncio HTTP/1.1 over kept-alive connections and nothing else: the client shares the machine's cores with
+the server, so it must be cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+OUTPUT_TOKENS = "translation_output_tokens_total"
+
+
+@dataclass(frozen=True)
+class Sample:
+    latency_ms: float  # client side: request sent -> response read
+    status: int
+    server_total_ms: float = 0.0  # x-total-time
+    queue_ms: float = 0.0  # x-queue-time
+    inference_ms: float = 0.0  # x-inference-time
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    requests: int
+    seconds: float  # first request sent -> last response read
+    output_tokens: float
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[Sample]:
+        return [s for s in self.samples if s.status == 200]
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for s in self.samples if s.status != 200)
+
+    @property
+    def statuses(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for sample in self.samples:
+            counts[sample.status] = counts.get(sample.status, 0) + 1
+        return counts
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.output_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def requests_per_second(self) -> float:
+        return len(self.ok) / self.seconds if self.seconds > 0 else 0.0
+
+    def latency(self, q: float) -> float:
+        return percentile([s.latency_ms for s in self.ok], q)
+
+    def server(self, attribute: str, q: float) -> float:
+        return percentile([getattr(s, attribute) for s in self.ok], q)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) with linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def body(text: str, from_lang: str, to_lang: str) -> bytes:
+    return json.dumps({"payload": {"fromLang": from_lang, "toLang": to_lang, "records": [{"id": 0, "text": text}]}}).encode()
+
+
+class Connection:
+    """One kept-alive HTTP/1.1 connection, raw asyncio: a few microseconds per request, where a full HTTP
+    client library costs a millisecond or more of the CPU the server needs on a small machine."""
+
+    def __init__(self, url: str, timeout: float = 600.0) -> None:
+        parsed = urlsplit(url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> Connection:
+        await self._open()
+        return self
+
+    async def _open(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+
+    async def __aexit__(self, *exc) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+
+    async def request(self, method: str, path: str, content: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        if self._reader.at_eof() or self._writer.is_closing():
+            await self._open()  # the server closed an idle keep-alive connection (uvicorn: after 5 s)
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        if method == "POST":
+            head += f"Content-Type: application/json\r\nContent-Length: {len(content)}\r\n"
+        self._writer.write(head.encode("latin-1") + b"\r\n" + content)
+        return await asyncio.wait_for(self._response(), self.timeout)
+
+    async def _response(self) -> tuple[int, dict[str, str], bytes]:
+        raw = await self._reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            payload = await self._reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int((await self._reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                chunks.append(await self._reader.readexactly(size))
+                await self._reader.readexactly(2)
+            await self._reader.readuntil(b"\r\n")
+            payload = b"".join(chunks)
+        else:
+            payload = b""
+        return status, headers, payload
+
+
+async def metric(url: str, name: str) -> float:
+    """One unlabelled sample of the service's Prometheus exposition (0 if absent)."""
+    async with Connection(url, 60.0) as connection:
+        status, _, payload = await connection.request("GET", "/metrics")
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    for line in payload.decode().splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def post_one(connection: Connection, text: str, from_lang: str, to_lang: str) -> Sample:
+    content = body(text, from_lang, to_lang)
+    started = time.perf_counter()
+    status, headers, _ = await connection.request("POST", "/translation", content)
+    latency = (time.perf_counter() - started) * 1000
+
+    def header(name: str) -> float:
+        try:
+            return float(headers.get(name, "0"))
+        except ValueError:
+            return 0.0
+
+    return Sample(latency, status, header("x-total-time"), header("x-queue-time"), header("x-inference-time"))
+
+
+async def lone(
+    url: str,
+    texts: Sequence[str],
+    from_lang: str,
+    to_lang: str,
+    before_each: Callable[[int], None] | None = None,
+    after_each: Callable[[int], None] | None = None,
+) -> list[Sample]:
+    """One request at a time on one kept-alive connection; `before_each(i)` and `after_each(i)` run
+    (blocking, nothing else is in flight) around request i."""
+    async with Connection(url) as connection:
+        samples = []
+        for index, text in enumerate(texts):
+            if before_each is not None:
+                before_each(index)
+            samples.append(await post_one(connection, text, from_lang, to_lang))
+            if after_each is not None:
+                after_each(index)
+        return samples
+
+
+def run_lone(url: str, texts: Sequence[str], from_lang: str, to_lang: str, before_each=None, after_each=None) -> list[Sample]:
+    return asyncio.run(lone(url, texts, from_lang, to_lang, before_each, after_each))
+
+
+async def closed_loop(
+    url: str,
+    texts: Sequence[str],
+    concurrency: int,
+    from_lang: str = "en",
+    to_lang: str = "fr",
+    timeout: float = 600.0,
+) -> LoadResult:
+    """Sends every text once, from `concurrency` clients (one connection each); returns samples and rates."""
+    tokens_before = await metric(url, OUTPUT_TOKENS)
+    pending = list(reversed(texts))
+    samples: list[Sample] = []
+
+    async def worker() -> None:
+        async with Connection(url, timeout) as connection:
+            while pending:
+                text = pending.pop()
+                try:
+                    samples.append(await post_one(connection, text, from_lang, to_lang))
+                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+                    samples.append(Sample(float("nan"), 0))
+                    return  # the connection is in an unknown state: this client stops
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    tokens = await metric(url, OUTPUT_TOKENS) - tokens_before
+    return LoadResult(concurrency, len(texts), seconds, tokens, samples)
+
+
+def run_closed_loop(url: str, texts: Sequence[str], concurrency: int, **kwargs) -> LoadResult:
+    return asyncio.run(closed_loop(url, texts, concurrency, **kwargs))

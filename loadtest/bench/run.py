@@ -1,0 +1,446 @@
+"""The measurements. Every pair that is compared is measured in this one run, side by side, and reported as a
+ratio; absolute figures belong to the machine they were taken on (machine.describe()).
+
+a. engine       CTranslate2 at the service's compute type vs transformers generate, same inputs, same
+                output lengths (EOS suppressed to exactly N tokens), greedy and beam 4: tokens/s, ratio.
+b. efficiency   service output tokens/s under many concurrent single-record clients / the best offline
+                translate_batch tokens/s on the same sentences with the same beam size and decoding length.
+c. batching     the same load with MT_BATCHING=off and on.
+d. latency      a lone short request: service latency vs the offline batch-of-one time, paired per sentence.
+e. concurrency  throughput and latency at 1, 4, 16, 64 clients.
+f. footprint    peak RSS (VmHWM) of the service process and its cold start (process start -> /readyz 200).
+g. settings     other service settings under the same load (full mode).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from loadtest.bench import machine
+from loadtest.bench.client import median, percentile, run_closed_loop, run_lone
+from loadtest.bench.engines import Ct2Engine, HfEngine
+from loadtest.bench.server import ROOT, Service
+from loadtest.texts import TextSource
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SECTIONS = ("engine", "lone", "concurrency", "efficiency", "batching", "settings")
+BENCH_MODEL_DIR = ROOT / "models" / "bench-m2m100-418m" / "ct2-int8"
+BENCH_HF_DIR = ROOT / "models" / "bench-m2m100-418m" / "hf"
+TOY_HF_DIR = ROOT / "tests" / "fixtures" / "toy-m2m100"
+
+
+@dataclass
+class Config:
+    quick: bool = False
+    device: str = "cpu"
+    model_dir: Path = BENCH_MODEL_DIR
+    hf_dir: Path = BENCH_HF_DIR
+    text_source: str = "english"
+    output: Path = ROOT / "docs" / "benchmarks.md"
+    work_dir: Path = ROOT / "reports" / "bench"
+    tokens: int = 24  # N: output tokens per translation (after the language token)
+    pair: tuple[str, str] = ("en", "fr")
+    engine_sentences: int = 16
+    engine_beams: tuple[int, ...] = (1, 4)
+    engine_repeats: int = 1
+    concurrency: tuple[int, ...] = (1, 4, 16, 64)
+    requests_per_client: int = 2
+    min_requests: int = 8
+    lone_samples: int = 20
+    batching_clients: int = 16
+    batching_requests: int = 32
+    settings_clients: int = 32
+    settings_requests: int = 96
+    settings_rounds: int = 2
+    # (label, MT_* overrides, clients or 0 for settings_clients)
+    settings_lone: int = 3  # lone requests timed on each settings service before its load
+    settings: tuple[tuple[str, dict, int], ...] = (
+        ("defaults", {}, 0),
+        ("1 worker x 2 threads", {"MT_INTER_THREADS": "1", "MT_INTRA_THREADS": "2"}, 0),
+        ("MT_MAX_BATCH_SIZE=8", {"MT_MAX_BATCH_SIZE": "8"}, 0),
+        ("MT_MAX_BATCH_SIZE=16", {"MT_MAX_BATCH_SIZE": "16"}, 0),
+        ("MT_MAX_BATCH_TOKENS=256", {"MT_MAX_BATCH_TOKENS": "256"}, 0),
+        ("MT_MAX_QUEUE=16, 64 clients", {"MT_MAX_QUEUE": "16"}, 64),
+    )
+    sections: tuple[str, ...] = SECTIONS
+    command: str = "make bench"
+    service_overrides: tuple[tuple[str, str], ...] = ()  # MT_* settings for every benchmarked service
+
+    @property
+    def img_dir(self) -> Path:
+        return self.output.parent / "img"
+
+    @classmethod
+    def quick_mode(cls, **overrides) -> Config:
+        """The toy checkpoint, small counts: checks the whole pipeline in about a minute (figures meaningless)."""
+        base = cls(
+            quick=True,
+            model_dir=ROOT / "reports" / "bench-quick" / "toy-int8",
+            hf_dir=TOY_HF_DIR,
+            text_source="toy",
+            output=ROOT / "reports" / "bench-quick" / "benchmarks.md",
+            work_dir=ROOT / "reports" / "bench-quick",
+            tokens=16,
+            pair=("en", "fr"),
+            engine_sentences=16,
+            engine_repeats=2,
+            requests_per_client=2,
+            lone_samples=15,
+            batching_clients=16,
+            batching_requests=32,
+            settings_clients=16,
+            settings_requests=32,
+            settings_rounds=1,
+            settings=(
+                ("defaults", {}, 0),
+                ("1 worker x 2 threads", {"MT_INTER_THREADS": "1", "MT_INTRA_THREADS": "2"}, 0),
+                ("MT_MAX_QUEUE=4, 16 clients", {"MT_MAX_QUEUE": "4"}, 16),
+            ),
+            command="make bench QUICK=1",
+        )
+        return replace(base, **overrides)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.texts = TextSource(config.text_source)
+        self.results: dict = {
+            "config": _jsonable(asdict(config)), "machine": machine.describe(), "load": {},
+            "started_at": time.strftime("%Y-%m-%d %H:%M %Z"),
+        }
+        self.started = time.perf_counter()
+        config.work_dir.mkdir(parents=True, exist_ok=True)
+        from service.settings import Settings
+
+        # The service's settings as it will resolve them: the offline runs copy them.
+        self.settings = Settings.load(["--model-dir", str(config.model_dir)], self.service_env())
+        self.results["service_settings"] = {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.settings).items() if k not in ("host", "port")
+        }
+
+    # --- helpers
+    @property
+    def max_decoding_length(self) -> int:
+        return self.config.tokens + 1  # the language token + N tokens
+
+    def service_env(self, **overrides: str) -> dict[str, str]:
+        """What every benchmarked service runs with: no cache (every request is real work), the decoding length
+        capped (random weights rarely emit </s>), the bench's device; then the overrides."""
+        return {
+            "MT_CACHE_SIZE": "0",
+            "MT_MAX_DECODING_LENGTH": str(self.max_decoding_length),
+            "MT_DEVICE": self.config.device,
+            **dict(self.config.service_overrides),
+            **overrides,
+        }
+
+    def service(self, name: str, **overrides: str) -> Service:
+        return Service(self.config.model_dir, env=self.service_env(**overrides), log_path=self.config.work_dir / f"service-{name}.log")
+
+    def offline_engine(self, inter_threads: int, intra_threads: int) -> Ct2Engine:
+        from service.engine import resolve_compute_type
+
+        engine = Ct2Engine(
+            self.config.model_dir,
+            device=self.config.device,
+            compute_type=resolve_compute_type(self.config.device, self.settings.compute_type),
+            inter_threads=inter_threads,
+            intra_threads=intra_threads,
+        )
+        warm = engine.encode(self.texts.sentences(2, seed=999), self.config.pair[0])
+        engine.translate(warm, self.config.pair[1], beam_size=self.settings.beam_size, max_decoding_length=4)
+        return engine
+
+    def sentences(self, n: int, seed: int, short: bool = False) -> list[str]:
+        return self.texts.sentences(n, seed=seed, short=short)
+
+    def requests_for(self, clients: int) -> int:
+        return max(self.config.min_requests, clients * self.config.requests_per_client)
+
+    def save(self) -> Path:
+        path = self.config.work_dir / "results.json"
+        path.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+        return path
+
+    def mark(self, section: str) -> None:
+        self.save()  # what is measured so far survives a later failure
+        self.results["load"][section] = machine.load_average()
+        log(f"{section} (load average {machine.load_average()}, {time.perf_counter() - self.started:.0f}s so far)")
+
+    # --- the run
+    def run(self) -> dict:
+        config = self.config
+        sections = set(config.sections)
+        if "engine" in sections:
+            self.mark("engine")
+            self.results["engine"] = self.engine()
+        service_sections = sections & {"lone", "concurrency", "efficiency", "batching"}
+        if service_sections:
+            self.mark("service")
+            with self.service("defaults") as service:
+                self.results["cold_start_s"] = {"defaults": service.cold_start_s}
+                if "lone" in sections:
+                    self.mark("lone")
+                    self.results["lone"] = self.lone(service)
+                if sections & {"concurrency", "efficiency"}:
+                    self.mark("concurrency")
+                    self.results["concurrency"] = self.concurrency(service)
+                batching_on = None
+                if "batching" in sections:
+                    self.mark("batching on")
+                    batching_on = self.load(service, config.batching_clients, self.sentences(config.batching_requests, seed=31))
+                self.results["memory_kib"] = {"defaults": service.memory_kib()}
+            if "efficiency" in sections:
+                self.mark("efficiency (offline)")
+                self.results["efficiency"] = self.efficiency()
+            if batching_on is not None:
+                self.mark("batching off")
+                self.results["batching"] = self.batching(batching_on)
+        if "settings" in sections and config.settings:
+            self.mark("settings")
+            self.results["settings"] = self.settings_sweep()
+        self.results["load"]["end"] = machine.load_average()
+        self.results["elapsed_s"] = time.perf_counter() - self.started
+        self.save()
+        log(f"done in {self.results['elapsed_s']:.0f}s")
+        return self.results
+
+    # --- a. engine
+    def engine(self) -> dict:
+        config = self.config
+        cores = self.results["machine"]["usable_cores"]
+        texts = self.sentences(config.engine_sentences, seed=11)
+        src, tgt = config.pair
+        if config.device == "cuda":
+            compute_types, hf_dtype, threads = ("float16", "int8_float16"), "float16", (1, 1)
+        else:
+            from service.engine import resolve_compute_type
+
+            compute_types, hf_dtype, threads = (resolve_compute_type("cpu", self.settings.compute_type),), "float32", (1, cores)
+        log(f"engine: loading transformers ({hf_dtype}) from {_relative(config.hf_dir)}")
+        hf = HfEngine(config.hf_dir, device=config.device, dtype=hf_dtype)
+        hf.translate(texts[:2], src, tgt, beam_size=1, new_tokens=2)  # warm-up
+        ct2 = {ct: Ct2Engine(config.model_dir, device=config.device, compute_type=ct, inter_threads=threads[0], intra_threads=threads[1]) for ct in compute_types}
+        sources = next(iter(ct2.values())).encode(texts, src)
+        for engine in ct2.values():
+            engine.translate(sources[:2], tgt, beam_size=1, max_decoding_length=3, min_decoding_length=3)
+        rows = []
+        for beam in config.engine_beams:
+            best: dict[str, object] = {}
+            for _ in range(config.engine_repeats):
+                for ct, engine in ct2.items():
+                    timed = engine.translate(
+                        sources, tgt, beam_size=beam,
+                        max_decoding_length=self.max_decoding_length, min_decoding_length=self.max_decoding_length,
+                    )
+                    key = f"ctranslate2 {ct}"
+                    if key not in best or timed.seconds < best[key].seconds:
+                        best[key] = timed
+                timed = hf.translate(texts, src, tgt, beam_size=beam, new_tokens=config.tokens)
+                key = f"transformers {hf_dtype}"
+                if key not in best or timed.seconds < best[key].seconds:
+                    best[key] = timed
+            baseline = best[f"transformers {hf_dtype}"]
+            for key, timed in best.items():
+                rows.append({
+                    "beam": beam, "engine": key, "seconds": timed.seconds, "output_tokens": timed.output_tokens,
+                    "sentences": timed.sentences, "tokens_per_s": timed.tokens_per_second,
+                    "ratio": timed.tokens_per_second / baseline.tokens_per_second if baseline.tokens_per_second else float("nan"),
+                })
+                log(f"engine: beam {beam} {key}: {timed.tokens_per_second:.1f} tokens/s ({timed.output_tokens} tokens in {timed.seconds:.2f}s)")
+        hf.close()
+        for engine in ct2.values():
+            engine.close()
+        return {
+            "sentences": len(texts), "tokens": config.tokens, "ct2_threads": threads, "hf_dtype": hf_dtype,
+            "torch_threads": cores if config.device == "cpu" else None, "rows": rows,
+        }
+
+    # --- d. a lone short request
+    def lone(self, service: Service) -> dict:
+        texts = self.sentences(self.config.lone_samples, seed=21, short=True)
+        engine = self.offline_engine(self.settings.inter_threads, self.settings.intra_threads)
+        sources = [engine.encode_as_service([text], *self.config.pair, self.max_decoding_length) for text in texts]
+        run_lone(service.url, self.sentences(2, seed=22, short=True), *self.config.pair)  # warm-up
+        offline: list[float] = []
+
+        def run_offline(index: int) -> None:
+            timed = engine.translate(sources[index], self.config.pair[1], beam_size=self.settings.beam_size,
+                                     max_decoding_length=self.max_decoding_length)
+            offline.append(timed.seconds * 1000)
+
+        # Paired: each sentence offline (batch of one) and through the service, one after the other; offline first
+        # for even sentences and second for odd ones, so that an order effect cancels out.
+        samples = run_lone(
+            service.url, texts, *self.config.pair,
+            before_each=lambda i: run_offline(i) if i % 2 == 0 else None,
+            after_each=lambda i: run_offline(i) if i % 2 == 1 else None,
+        )
+        engine.close()
+        ok = [s for s in samples if s.status == 200]
+        service_ms = [s.latency_ms for s in ok]
+        overhead = [s.latency_ms - o for s, o in zip(samples, offline) if s.status == 200]
+        return {
+            "samples": len(texts), "failures": len(samples) - len(ok),
+            "offline_p50_ms": percentile(offline, 0.5), "offline_p99_ms": percentile(offline, 0.99),
+            "service_p50_ms": percentile(service_ms, 0.5), "service_p99_ms": percentile(service_ms, 0.99),
+            "overhead_median_ms": median(overhead), "overhead_p99_ms": percentile(overhead, 0.99),
+            # Standard error of that median (1.25 sigma / sqrt n): how finely this machine's noise lets it be known.
+            "overhead_se_ms": 1.2533 * statistics.stdev(overhead) / math.sqrt(len(overhead)) if len(overhead) > 1 else float("nan"),
+            # Everything but the engine call, from the service's own headers: client latency - x-inference-time.
+            "outside_engine_median_ms": median([s.latency_ms - s.inference_ms for s in ok]),
+            "server_non_engine_median_ms": median([s.server_total_ms - s.inference_ms for s in ok]),
+            "http_client_median_ms": median([s.latency_ms - s.server_total_ms for s in ok]),
+            "engine_call_vs_offline_median_ms": median([s.inference_ms - o for s, o in zip(samples, offline) if s.status == 200]),
+            "queue_median_ms": median([s.queue_ms for s in ok]),
+        }
+
+    # --- e. concurrency
+    def concurrency(self, service: Service) -> dict:
+        rows, texts_by_clients = [], {}
+        run_closed_loop(service.url, self.sentences(4, seed=98), 4, from_lang=self.config.pair[0], to_lang=self.config.pair[1])
+        for clients in self.config.concurrency:
+            texts = self.sentences(self.requests_for(clients), seed=100 + clients)
+            texts_by_clients[clients] = texts
+            result = self.load(service, clients, texts)
+            rows.append(result)
+        self._texts_by_clients = texts_by_clients
+        return {"rows": rows}
+
+    def load(self, service: Service, clients: int, texts: list[str]) -> dict:
+        result = run_closed_loop(service.url, texts, clients, from_lang=self.config.pair[0], to_lang=self.config.pair[1])
+        row = {
+            "clients": clients, "requests": result.requests, "failures": result.failures,
+            "statuses": {str(k): v for k, v in result.statuses.items()},
+            "seconds": result.seconds, "output_tokens": result.output_tokens,
+            "tokens_per_s": result.tokens_per_second, "requests_per_s": result.requests_per_second,
+            "p50_ms": result.latency(0.5), "p99_ms": result.latency(0.99),
+            "queue_p50_ms": result.server("queue_ms", 0.5), "inference_p50_ms": result.server("inference_ms", 0.5),
+        }
+        log(f"load: {clients} clients, {result.requests} requests: {row['tokens_per_s']:.1f} tokens/s, "
+            f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, failures {row['failures']}")
+        return row
+
+    # --- b. efficiency: the service against the best offline run on the same sentences
+    def efficiency(self) -> dict:
+        rows = self.results["concurrency"]["rows"]
+        service_row = max(rows, key=lambda r: r["clients"])
+        texts = self._texts_by_clients[service_row["clients"]]
+        cores = self.results["machine"]["usable_cores"]
+        s = self.settings
+        # The service's own split and batch size, the other of 16 / 32, and (CPU) one worker with every core.
+        other = 16 if s.max_batch_size >= 32 else 32
+        candidates = [(s.inter_threads, s.intra_threads, s.max_batch_size), (s.inter_threads, s.intra_threads, other)]
+        if self.config.device == "cpu":
+            candidates.append((1, cores, max(s.max_batch_size, other)))
+        offline = []
+        for inter, intra, batch in dict.fromkeys(candidates):
+            engine = self.offline_engine(inter, intra)
+            sources = engine.encode_as_service(texts, *self.config.pair, self.max_decoding_length)
+            timed = engine.translate(sources, self.config.pair[1], beam_size=s.beam_size,
+                                     max_decoding_length=self.max_decoding_length, max_batch_size=batch)
+            engine.close()
+            offline.append({"inter_threads": inter, "intra_threads": intra, "max_batch_size": batch, "inputs": len(sources),
+                            "seconds": timed.seconds, "output_tokens": timed.output_tokens, "tokens_per_s": timed.tokens_per_second})
+            log(f"offline {inter}x{intra} max_batch_size {batch}: {timed.tokens_per_second:.1f} tokens/s")
+        best = max(offline, key=lambda r: r["tokens_per_s"])
+        return {
+            "clients": service_row["clients"], "sentences": len(texts), "service_tokens_per_s": service_row["tokens_per_s"],
+            "service_output_tokens": service_row["output_tokens"], "offline": offline, "best_offline_tokens_per_s": best["tokens_per_s"],
+            "ratio": service_row["tokens_per_s"] / best["tokens_per_s"] if best["tokens_per_s"] else float("nan"),
+        }
+
+    # --- c. batching off vs on (on: measured on the defaults service just before)
+    def batching(self, on: dict) -> dict:
+        texts = self.sentences(self.config.batching_requests, seed=31)
+        with self.service("batching-off", MT_BATCHING="off") as service:
+            self.results["cold_start_s"]["batching off"] = service.cold_start_s
+            off = self.load(service, self.config.batching_clients, texts)
+            self.results["memory_kib"]["batching off"] = service.memory_kib()
+        return {"on": on, "off": off, "gain": on["tokens_per_s"] / off["tokens_per_s"] if off["tokens_per_s"] else float("nan")}
+
+    # --- g. other settings, same load
+    def settings_sweep(self) -> list[dict]:
+        """Each setting in a fresh service under the same load; `settings_rounds` interleaved rounds
+        (A B C ... A B C ...) so that a burst of noise on a shared machine hits every setting alike."""
+        texts = self.sentences(self.config.settings_requests, seed=41)
+        runs: dict[str, list[dict]] = {}
+        for round_ in range(self.config.settings_rounds):
+            for label, overrides, clients in self.config.settings:
+                clients = clients or self.config.settings_clients
+                log(f"settings: {label} (round {round_ + 1} of {self.config.settings_rounds})")
+                with self.service("settings-" + _slug(label), **overrides) as service:
+                    lone = run_lone(service.url, self.sentences(self.config.settings_lone, seed=51, short=True), *self.config.pair)
+                    row = self.load(service, clients, texts)
+                    memory = service.memory_kib()
+                runs.setdefault(label, []).append({
+                    **row, "cold_start_s": service.cold_start_s, "peak_rss_mib": memory.get("VmHWM", 0) / 1024,
+                    "lone_ms": median([sample.latency_ms for sample in lone if sample.status == 200]),
+                })
+        rows = []
+        for label, overrides, _ in self.config.settings:
+            measured = runs[label]
+            statuses: dict[str, int] = {}
+            for run in measured:
+                for status, count in run["statuses"].items():
+                    statuses[status] = statuses.get(status, 0) + count
+            rows.append({
+                "label": label, "env": overrides, "clients": measured[0]["clients"], "requests": measured[0]["requests"],
+                "rounds": len(measured), "statuses": statuses,
+                "tokens_per_s": median([r["tokens_per_s"] for r in measured]),
+                "tokens_per_s_runs": [r["tokens_per_s"] for r in measured],
+                "p50_ms": median([r["p50_ms"] for r in measured]), "p99_ms": median([r["p99_ms"] for r in measured]),
+                "peak_rss_mib": max(r["peak_rss_mib"] for r in measured), "cold_start_s": median([r["cold_start_s"] for r in measured]),
+                "lone_ms": median([r["lone_ms"] for r in measured]),
+            })
+        return rows
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return _relative(value)
+    return value
+
+
+def ensure_toy_model(model_dir: Path) -> None:
+    """Quick mode: the toy checkpoint converted to int8 (kept between runs)."""
+    from service.model_dir import read_manifest
+
+    try:
+        read_manifest(model_dir)
+        return
+    except Exception:  # noqa: BLE001 - missing or stale: convert again
+        pass
+    from convert.m2m100 import convert
+
+    log(f"converting {_relative(TOY_HF_DIR)} to {_relative(model_dir)}")
+    convert(str(TOY_HF_DIR), model_dir, "int8", force=True)
+

@@ -1,0 +1,47 @@
+# Load tests and benchmarks (docs/benchmarks.md). Included by the Makefile, which defines PYTHON, PORT
+# and venv-dev.
+#
+#   make load-test [URL=...] [USERS=10] [SPAWN_RATE=10] [DURATION=60s] [TEXT_SOURCE=english|toy]
+#                  [MAX_FAILURE_RATIO=0] [P99_MS=2000] [MIN_RPS=10]
+#       Locust, headless, against a running service; CSVs and the HTML report under reports/load-test/;
+#       fails (exit 1) when an objective is missed. Start a service first (make serve / make run).
+#   make bench [DEVICE=cpu|cuda] [OUTPUT=docs/benchmarks.md]
+#       the full benchmark on the random-weight m2m100_418M checkpoint (built first if missing),
+#       ~10-15 minutes on 2 cores; writes docs/benchmarks.md and docs/img/*.png
+#   make bench QUICK=1
+#       the same pipeline on the toy checkpoint in well under a minute -> reports/bench-quick/
+
+URL ?= http://127.0.0.1:$(PORT)
+USERS ?= 10
+SPAWN_RATE ?= 10
+DURATION ?= 60s
+TEXT_SOURCE ?= english
+MAX_FAILURE_RATIO ?= 0
+P99_MS ?= 2000
+MIN_RPS ?= 10
+LOAD_TEST_DIR ?= reports/load-test
+LOCUST_ARGS ?=
+
+DEVICE ?= cpu
+QUICK ?=
+OUTPUT ?=
+BENCH_ARGS ?=
+BENCH_CHECKPOINT_DIR ?= models/bench-m2m100-418m
+
+.PHONY: load-test bench
+
+load-test: venv-dev ## Locust against URL: USERS, SPAWN_RATE, DURATION; fails when an SLO is missed
+	@mkdir -p $(LOAD_TEST_DIR)
+	$(PYTHON) -m locust -f loadtest/locustfile.py --headless --host $(URL) \
+		--users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(DURATION) --stop-timeout 10s \
+		--csv $(LOAD_TEST_DIR)/locust --html $(LOAD_TEST_DIR)/report.html --only-summary \
+		--text-source $(TEXT_SOURCE) --slo-max-failure-ratio $(MAX_FAILURE_RATIO) \
+		--slo-p99-ms $(P99_MS) --slo-min-rps $(MIN_RPS) $(LOCUST_ARGS)
+
+bench: venv-dev ## benchmarks -> docs/benchmarks.md (QUICK=1: toy model -> reports/bench-quick/; DEVICE=cuda)
+ifeq ($(QUICK),)
+	@[ -f $(BENCH_CHECKPOINT_DIR)/ct2-int8/manifest.json ] || $(PYTHON) scripts/make_bench_checkpoint.py
+	$(PYTHON) -m loadtest.bench --device $(DEVICE) $(if $(OUTPUT),--output $(OUTPUT)) $(BENCH_ARGS)
+else
+	$(PYTHON) -m loadtest.bench --quick --device $(DEVICE) $(if $(OUTPUT),--output $(OUTPUT)) $(BENCH_ARGS)
+endif

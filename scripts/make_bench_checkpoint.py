@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import resource
 import shutil
@@ -33,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from scripts.bench_sentences import corpus  # noqa: E402
+from scripts.m2m100_tokenizer_files import FAIRSEQ_SPECIALS, NUM_MADEUP_WORDS, write_m2m100_tokenizer  # noqa: E402
 
 DEFAULT_OUTPUT = ROOT / "models" / "bench-m2m100-418m" / "hf"
 SEED = 0
@@ -40,8 +40,6 @@ SPM_PIECES = 8000
 SPM_CORPUS_LINES = 60000
 VOCAB_JSON_SIZE = 128004  # m2m100_418M's vocab.json
 LANGUAGE_COUNT = 100
-NUM_MADEUP_WORDS = 8
-FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 
 # facebook/m2m100_418M's config.json, field for field (transformers moves the generation fields to
 # generation_config.json when saving).
@@ -108,44 +106,6 @@ def train_sentencepiece() -> bytes:
     return model.getvalue()
 
 
-def write_tokenizer(directory: Path, spm_model: bytes) -> dict:
-    import sentencepiece as spm
-    from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES
-
-    (directory / "sentencepiece.bpe.model").write_bytes(spm_model)
-    processor = spm.SentencePieceProcessor(model_proto=spm_model)
-    vocab = {token: index for index, token in enumerate(FAIRSEQ_SPECIALS)}
-    for index in range(processor.get_piece_size()):
-        if not (processor.is_control(index) or processor.is_unknown(index)):
-            vocab[processor.id_to_piece(index)] = len(vocab)
-    pieces = len(vocab) - len(FAIRSEQ_SPECIALS)
-    # Fillers stand for the pieces of the real model's other languages: the rows exist, nothing produces them.
-    filler = 0
-    while len(vocab) < VOCAB_JSON_SIZE:
-        vocab.setdefault(f"<filler{filler:06d}>", len(vocab))
-        filler += 1
-    (directory / "vocab.json").write_text(json.dumps(vocab, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-    language_tokens = [f"__{code}__" for code in FAIRSEQ_LANGUAGE_CODES["m2m100"]]
-    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>"}
-    tokenizer_config = {
-        "tokenizer_class": "M2M100Tokenizer",
-        "src_lang": None,
-        "tgt_lang": None,
-        **specials,
-        "language_codes": "m2m100",
-        "sp_model_kwargs": {},
-        # Counted, never listed as tokens: CTranslate2 appends madeupword0..7 itself (listing them makes 8 too many).
-        "num_madeup_words": NUM_MADEUP_WORDS,
-        "model_max_length": M2M100_418M_CONFIG["max_position_embeddings"],
-        "additional_special_tokens": language_tokens,
-    }
-    special_tokens_map = {**specials, "additional_special_tokens": language_tokens}
-    for name, data in (("special_tokens_map.json", special_tokens_map), ("tokenizer_config.json", tokenizer_config)):
-        (directory / name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return {"pieces": pieces, "fillers": filler}
-
-
 def check_tokenizer(directory: Path) -> None:
     from transformers import M2M100Tokenizer
 
@@ -182,8 +142,12 @@ def build_checkpoint(output: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
         started = time.monotonic()
-        counts = write_tokenizer(staging, train_sentencepiece())
-        log(f"SentencePiece: {counts['pieces']} pieces + {counts['fillers']} fillers ({time.monotonic() - started:.0f}s)")
+        pieces = write_m2m100_tokenizer(
+            staging, train_sentencepiece(),
+            model_max_length=M2M100_418M_CONFIG["max_position_embeddings"], vocab_json_size=VOCAB_JSON_SIZE,
+        )
+        fillers = VOCAB_JSON_SIZE - len(FAIRSEQ_SPECIALS) - pieces
+        log(f"SentencePiece: {pieces} pieces + {fillers} fillers ({time.monotonic() - started:.0f}s)")
         check_tokenizer(staging)
         started = time.monotonic()
         build_model(staging)

@@ -144,7 +144,9 @@ def resolve_device(device: str) -> str:
 
 def resolve_compute_type(device: str, compute_type: str) -> str:
     if compute_type == "auto":
-        return "int8_float16" if device == "cuda" else "int8"
+        # cuda: float16 ran 12% faster than int8_float16 on an H100 (issue 8); int8_float16 halves the
+        # weights' memory, worth choosing explicitly on a small GPU. cpu: int8 (3-4x transformers fp32).
+        return "float16" if device == "cuda" else "int8"
     supported = ctranslate2.get_supported_compute_types(device)
     if compute_type not in supported:
         raise EngineError(f"compute type {compute_type} is not supported on {device} (supported: {', '.join(sorted(supported))})")

@@ -18,6 +18,19 @@ DEVICES = ("auto", "cpu", "cuda")
 COMPUTE_TYPES = ("auto", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "float16", "bfloat16", "float32")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+# Defaults that depend on the device, used where a setting is left at 0 (see docs/benchmarks.md).
+# cpu: measured on 2 cores with the full-size 418M model. Two single-threaded workers beat one
+#   two-threaded worker; batches of 16 beat 32 (with two workers the first free one took the whole
+#   queue); 2048 tokens only binds on long inputs. A 2-core replica translates about 8 sentences/s,
+#   so a queue of 128 is already ~16 s of work: deeper queues only turned into latency.
+# cuda: measured on one H100 (issue 8): the service's best settings (batches of 256 sentences and
+#   16,384 tokens, 2 workers); float16 ran 12% faster than int8_float16 (compute_type auto).
+#   An H100 translates ~2,500 sentences/s, so 4,096 queued sentences are under 2 s of work.
+DEVICE_DEFAULTS: dict[str, dict[str, int]] = {
+    "cpu": {"inter_threads": 2, "max_batch_size": 16, "max_batch_tokens": 2048, "max_queue": 128},
+    "cuda": {"inter_threads": 2, "max_batch_size": 256, "max_batch_tokens": 16384, "max_queue": 4096},
+}
+
 
 class SettingsError(ValueError):
     """A setting has a bad value; the message names the flag and the variable."""
@@ -33,19 +46,21 @@ class Settings:
     host: str = _opt("0.0.0.0", "address to listen on")
     port: int = _opt(9527, "port to listen on", minimum=1)
     device: str = _opt("auto", "cuda when a GPU is present, else cpu", choices=DEVICES)
-    compute_type: str = _opt("auto", "auto = int8_float16 on cuda, int8 on cpu", choices=COMPUTE_TYPES)
-    # Defaults measured on a 2-core CPU with the full-size 418M benchmark model (docs/benchmarks.md):
-    # two single-threaded workers beat one two-threaded worker for batched traffic.
-    inter_threads: int = _opt(2, "CTranslate2 workers: engine calls that run in parallel", minimum=1)
+    compute_type: str = _opt("auto", "auto = float16 on cuda, int8 on cpu", choices=COMPUTE_TYPES)
+    # 0 = the device's default (DEVICE_DEFAULTS below, measured per device); any other value wins.
+    inter_threads: int = _opt(0, "CTranslate2 workers: engine calls that run in parallel (0 = by device)", minimum=0)
     intra_threads: int = _opt(1, "threads per CTranslate2 worker (0 = CTranslate2's default of 4)", minimum=0)
     beam_size: int = _opt(2, "beam size (1 = greedy)", minimum=1)
     max_decoding_length: int = _opt(0, "longest translation in tokens (0 = what the model's positions allow)", minimum=0)
-    # 16, not 32: with two workers the first free one would take the whole queue and leave the other
-    # with scraps; 16 gave ~15% more tokens/s and less memory on 2 cores (docs/benchmarks.md, section g).
-    max_batch_size: int = _opt(16, "most sentences in one engine call (GPUs want more, e.g. 64)", minimum=1)
-    max_batch_tokens: int = _opt(2048, "most source tokens in one engine call", minimum=1)
+    max_batch_size: int = _opt(0, "most sentences in one engine call (0 = by device)", minimum=0)
+    max_batch_tokens: int = _opt(0, "most source tokens in one engine call (0 = by device)", minimum=0)
     batching: bool = _opt(True, "pack sentences of concurrent requests into shared engine calls (off: one sentence per call)")
-    max_queue: int = _opt(512, "sentences waiting for the engine before new requests get 429", minimum=1)
+    max_queue: int = _opt(0, "sentences waiting for the engine before new requests get 429 (0 = by device)", minimum=0)
+    max_in_flight: int = _opt(0, "requests being served at once before new ones get 429 unread (0 = max_queue)", minimum=0)
+    queue_timeout_seconds: float = _opt(
+        30.0, "a sentence that waited this long for the engine is not translated: its request gets 503 (0 = no limit)",
+        minimum=0,
+    )
     max_records: int = _opt(128, "most records in one request (more: 413)", minimum=1)
     max_text_chars: int = _opt(20000, "longest text of one record in characters (more: 413)", minimum=1)
     max_body_bytes: int = _opt(2 * 1024 * 1024, "largest request body in bytes (more: 413)", minimum=1)
@@ -71,6 +86,21 @@ class Settings:
         if values["model_dir"] is None:
             raise SettingsError(f"--model-dir (or {ENV_PREFIX}MODEL_DIR) is required")
         return cls(**values)
+
+    def for_device(self, device: str) -> Settings:
+        """These settings with every 0 ("by device") replaced by `device`'s default; max_in_flight
+        left at 0 becomes max_queue (every request in flight holds at least one queued sentence)."""
+        if device not in DEVICE_DEFAULTS:
+            raise SettingsError(f"no defaults for device {device!r}; choose one of {', '.join(DEVICE_DEFAULTS)}")
+        filled = {name: value for name, value in DEVICE_DEFAULTS[device].items() if getattr(self, name) == 0}
+        resolved = dataclasses.replace(self, **filled)
+        if resolved.max_in_flight == 0:
+            resolved = dataclasses.replace(resolved, max_in_flight=resolved.max_queue)
+        return resolved
+
+    @property
+    def resolved(self) -> bool:
+        return all(getattr(self, name) for name in (*DEVICE_DEFAULTS["cpu"], "max_in_flight"))
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):

@@ -6,6 +6,8 @@
 - `concurrency` batch calls may run at the same time (one per engine worker).
 - Identical items (same key) that are queued or running are computed once and shared.
 - Items whose every caller has gone (cancelled) are dropped before they reach a batch.
+- With a queue timeout, an item that waited longer than that fails with QueueTimeout instead of
+  being computed late (Triton's queue policy): under overload, its caller has likely given up.
 - A batch call that raises fails every item in that batch; the worker loop itself never dies.
 
 It knows nothing of the web framework or the engine: `run_batch` is any async callable.
@@ -33,6 +35,10 @@ class QueueFull(Exception):
 
 class BatcherClosed(Exception):
     """The batcher is shutting down and takes no new items."""
+
+
+class QueueTimeout(Exception):
+    """An item waited longer than the queue timeout and was not computed."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class Batcher(Generic[Item, Result]):
         max_batch_cost: int,
         max_queue: int,
         concurrency: int = 1,
+        queue_timeout: float = 0.0,
         cost: Callable[[Item], int] = lambda item: 1,
         key: Callable[[Item], Hashable] = id,
         on_batch: Callable[[BatchStats], None] = lambda stats: None,
@@ -81,6 +88,7 @@ class Batcher(Generic[Item, Result]):
         self._max_batch_cost = max_batch_cost
         self._max_queue = max_queue
         self._concurrency = concurrency
+        self._queue_timeout = queue_timeout
         self._cost = cost
         self._key = key
         self._on_batch = on_batch
@@ -96,6 +104,10 @@ class Batcher(Generic[Item, Result]):
     @property
     def queue_depth(self) -> int:
         return len(self._pending)
+
+    def has_room(self, items: int) -> bool:
+        """Whether `items` new items would fit in the queue now: a cheap check before costly work."""
+        return len(self._pending) + items <= self._max_queue
 
     @property
     def alive(self) -> bool:
@@ -123,6 +135,8 @@ class Batcher(Generic[Item, Result]):
         entries = self._enqueue(items)
         try:
             # shield: one caller leaving must not cancel a result that others share.
+            if len(entries) == 1:  # the common case, without gather's extra future
+                return [await asyncio.shield(entries[0].future)]
             return list(await asyncio.gather(*(asyncio.shield(entry.future) for entry in entries)))
         except asyncio.CancelledError:
             for entry in entries:
@@ -181,6 +195,7 @@ class Batcher(Generic[Item, Result]):
             self._wakeup.clear()
             await self._wakeup.wait()
         batch, cost = [], 0
+        expired_before = time.perf_counter() - self._queue_timeout if self._queue_timeout > 0 else float("-inf")
         while self._pending and len(batch) < self._max_batch_size:
             entry = self._pending[0]
             if batch and cost + entry.cost > self._max_batch_cost:
@@ -189,6 +204,10 @@ class Batcher(Generic[Item, Result]):
             if entry.waiters <= 0:
                 self._forget(entry)
                 entry.future.cancel()
+                continue
+            if entry.enqueued_at < expired_before:
+                self._forget(entry)
+                entry.future.set_exception(QueueTimeout(f"waited over {self._queue_timeout:g}s for the engine"))
                 continue
             batch.append(entry)
             cost += entry.cost

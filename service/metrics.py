@@ -6,6 +6,9 @@ separately (queue, inference, whole request) and sizes use power-of-two buckets.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Iterator
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -15,6 +18,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 # Seconds: from a cache hit (sub-millisecond) to a long document on a busy CPU.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -65,8 +70,54 @@ class Metrics:
         )
         self.ready = Gauge("translation_ready", "1 when ready for traffic, 0 while starting or draining", registry=registry)
         self.cache_up.set(1)
+        self._engine_cpu = ThreadCpuCollector(
+            "translation_engine_cpu_seconds",
+            "CPU time of the engine's own threads (CTranslate2 workers); process_cpu_seconds_total minus this "
+            "is what the HTTP edge and the pipeline cost",
+        )
+        registry.register(self._engine_cpu)
+        self._requests_by_status: dict[int, Counter] = {}
+
+    def count_request(self, status: int) -> None:
+        """One finished request (the labelled child is looked up once per status, not per request)."""
+        child = self._requests_by_status.get(status)
+        if child is None:
+            child = self._requests_by_status[status] = self.requests.labels(status=str(status))
+        child.inc()
+
+    def watch_engine_threads(self, thread_ids: Iterable[int]) -> None:
+        self._engine_cpu.watch(thread_ids)
 
     def cache_status(self, up: bool) -> None:
         self.cache_up.set(1 if up else 0)
         if not up:
             self.cache_errors.inc()
+
+
+class ThreadCpuCollector(Collector):
+    """A counter of the CPU seconds of some native threads of this process (Linux /proc; empty elsewhere).
+
+    A thread that has ended keeps its last reading, so the counter never goes down.
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name, self._documentation = name, documentation
+        self._last: dict[int, float] = {}
+        self._ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def watch(self, thread_ids: Iterable[int]) -> None:
+        for tid in thread_ids:
+            self._last.setdefault(tid, 0.0)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for tid in self._last:
+            try:
+                with open(f"/proc/self/task/{tid}/stat", "rb") as handle:
+                    # Fields after the command name, which may hold spaces: utime and stime are 14 and 15.
+                    fields = handle.read().rpartition(b")")[2].split()
+                self._last[tid] = (int(fields[11]) + int(fields[12])) / self._ticks
+            except (OSError, IndexError, ValueError):
+                pass
+        family = CounterMetricFamily(self._name, self._documentation)
+        family.add_metric([], sum(self._last.values()))
+        yield family

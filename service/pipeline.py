@@ -1,15 +1,20 @@
-"""Texts in, texts out: segment -> cache -> tokenize -> batcher -> detokenize -> cache -> join."""
+"""Texts in, texts out: segment -> admit -> cache -> tokenize -> batcher -> detokenize -> cache -> join.
+
+Refuse before work: the sentence count is known right after splitting, so a request that cannot fit
+the queue is refused (413 if it never could, 429 if not now) before any cache lookup or tokenizing;
+under overload a refusal then costs microseconds and the event loop stays free for accepted work.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from service import segment
-from service.batcher import Batcher, QueueFull
+from service.batcher import Batcher, QueueFull, QueueTimeout
 from service.cache import Cache
 from service.engine import Engine, Job, Translation
 from service.metrics import Metrics
-from service.schema import Overloaded, PayloadTooLarge
+from service.schema import Overloaded, PayloadTooLarge, QueueExpired
 
 RETRY_AFTER_SECONDS = 1
 
@@ -37,6 +42,7 @@ class Pipeline:
         segmented = [segment.split(text) for text in texts]
         # Each distinct sentence is looked up, translated and cached once per request.
         unique = list(dict.fromkeys(s for seg in segmented for s in seg.sentences))
+        self._admit(len(unique))
         keys = [(from_lang, to_lang, sentence) for sentence in unique]
         found = await self._cache.get_many(keys)
         misses = [sentence for sentence, value in zip(unique, found) if value is None]
@@ -45,15 +51,15 @@ class Pipeline:
 
         jobs_per_sentence = [self._engine.encode(sentence, from_lang, to_lang) for sentence in misses]
         jobs = [job for chunk in jobs_per_sentence for job in chunk]
-        if len(jobs) > self._max_queue:
-            raise PayloadTooLarge(
-                f"the texts make {len(jobs)} sentences to translate; at most {self._max_queue} fit in one request"
-            )
+        if len(jobs) > self._max_queue:  # long sentences cut into chunks can still overflow it
+            raise self._too_large(len(jobs))
         try:
             outcomes = await self._batcher.submit(jobs) if jobs else []
         except QueueFull:
-            raise Overloaded(
-                "the service is at capacity; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+            raise _overloaded() from None
+        except QueueTimeout as error:
+            raise QueueExpired(
+                f"the service is behind: {error}; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
             ) from None
 
         glue = "" if to_lang in segment.NO_SPACE_LANGUAGES else " "
@@ -78,3 +84,18 @@ class Pipeline:
             queue_seconds=max((o.queue_seconds for o in outcomes), default=0.0),
             inference_seconds=max((o.inference_seconds for o in outcomes), default=0.0),
         )
+
+    def _admit(self, sentences: int) -> None:
+        if sentences > self._max_queue:
+            raise self._too_large(sentences)
+        if not self._batcher.has_room(sentences):
+            raise _overloaded()
+
+    def _too_large(self, sentences: int) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the texts make {sentences} sentences to translate; at most {self._max_queue} fit in one request"
+        )
+
+
+def _overloaded() -> Overloaded:
+    return Overloaded("the service is at capacity; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

@@ -66,10 +66,14 @@ class NotReady(ApiError):
     status, code = 503, "not_ready"
 
 
+class QueueExpired(ApiError):
+    status, code = 503, "queue_timeout"
+
+
 # The status table, for the OpenAPI document and the docs: status -> (code, when).
 ERRORS: tuple[type[ApiError], ...] = (
     MalformedJson, NotFound, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType,
-    ValidationFailed, UnsupportedLanguage, Overloaded, TranslationFailed, NotReady, ApiError,
+    ValidationFailed, UnsupportedLanguage, Overloaded, TranslationFailed, NotReady, QueueExpired, ApiError,
 )
 
 

@@ -103,7 +103,7 @@ def build_app(model_dir: Path, wrap_engine=None, **overrides):
     argv = ["--model-dir", str(model_dir)]
     for name, value in overrides.items():
         argv += [f"--{name.replace('_', '-')}", str(value)]
-    settings = Settings.load(argv, {})
+    settings = Settings.load(argv, {}).for_device("cpu")
     manifest = read_manifest(model_dir)
 
     def load_engine():

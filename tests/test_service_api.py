@@ -92,7 +92,7 @@ async def test_repeated_sentences_are_cached_and_metrics_move(client):
     assert metric_value(metrics, "translation_output_tokens_total") > 0
     assert metric_value(metrics, "translation_ready") == 1
     assert metric_value(metrics, "translation_cache_up") == 1
-    assert metric_value(metrics, "translation_queue_capacity") == 512
+    assert metric_value(metrics, "translation_queue_capacity") == 128  # the cpu default
 
 
 async def test_concurrent_requests_share_batches(toy_model_dir):

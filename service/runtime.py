@@ -1,0 +1,173 @@
+"""The runtime behind the HTTP edge: engine, batcher, cache and pipeline, their start and their stop.
+
+The server listens at once and the model loads in a worker thread, so /healthz answers and /readyz
+says 503 "starting" during a slow load; the runtime turns "ready" only after a warm-up translation
+has gone through the same batcher and engine as real traffic. It knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+from service.batcher import Batcher, BatchStats
+from service.cache import Cache, LruCache, RedisCache
+from service.engine import Engine, Job, Translation
+from service.metrics import Metrics
+from service.model_dir import Manifest
+from service.pipeline import Pipeline
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+WARM_UP_TEXT = "Hello world."
+
+
+class Runtime:
+    """Status: starting -> ready -> draining; "failed" if the model could not load."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        manifest: Manifest,
+        *,
+        load_engine: Callable[[], Engine],
+        on_fatal: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        if not settings.resolved:
+            raise ValueError("settings must be resolved for a device first (Settings.for_device)")
+        self.settings = settings
+        self.manifest = manifest
+        self.languages = frozenset(manifest.languages)
+        self.metrics = Metrics()
+        self.status = "starting"
+        self.in_flight = 0  # requests being served; the edge refuses new ones at settings.max_in_flight
+        self.engine: Engine | None = None
+        self.batcher: Batcher[Job, Translation] | None = None
+        self.cache: Cache | None = None
+        self.pipeline: Pipeline | None = None
+        self._load_engine = load_engine
+        self._on_fatal = on_fatal
+        self._starting: asyncio.Task | None = None
+        self.metrics.queue_capacity.set(settings.max_queue)
+        self.metrics.queue_depth.set_function(lambda: self.batcher.queue_depth if self.batcher else 0)
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+        self.metrics.ready.set(1 if status == "ready" else 0)
+
+    @property
+    def serving(self) -> bool:
+        # While draining, requests still arrive until the load balancer has noticed /readyz: serve them.
+        return self.status in ("ready", "draining") and self.pipeline is not None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready" and self.batcher is not None and self.batcher.alive
+
+    @property
+    def alive(self) -> bool:
+        # Liveness: the process answers, and once started, the batcher's loop is alive.
+        return self.status != "failed" and (self.batcher is None or self.batcher.alive or self.status == "draining")
+
+    # --- lifecycle
+    def begin(self) -> None:
+        """Starts loading in the background; returns at once."""
+        self._starting = asyncio.create_task(self._start(), name="model-start")
+
+    async def stop(self) -> None:
+        """Finishes queued and running work, then closes the batcher and the cache."""
+        if self.status != "failed":
+            self.set_status("draining")
+        if self._starting is not None:
+            self._starting.cancel()
+            try:
+                await self._starting
+            except BaseException:  # noqa: BLE001 - a start cut short by the stop is expected
+                pass
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self.cache is not None:
+            await self.cache.close()
+        log.info("stopped: every accepted request was answered")
+
+    async def _start(self) -> None:
+        settings = self.settings
+        threads_before = _native_thread_ids()
+        try:
+            engine = await asyncio.to_thread(self._load_engine)
+            self.engine = engine
+            self.cache = _build_cache(settings, engine.fingerprint, self.metrics)
+            self.batcher = _build_batcher(settings, engine, self.metrics)
+            self.batcher.start()
+            self.pipeline = Pipeline(engine, self.batcher, self.cache, self.metrics, settings.max_queue)
+            warm_up_lang = "en" if "en" in self.languages else self.manifest.languages[0]
+            await self.batcher.submit(engine.encode(WARM_UP_TEXT, warm_up_lang, warm_up_lang))
+        except Exception as error:  # noqa: BLE001 - reported, and the process is told to stop
+            self.set_status("failed")
+            log.error("model failed to start: %s: %s", error.__class__.__name__, error)
+            self._on_fatal(str(error))
+            return
+        # The engine's own threads are those that appeared while it loaded and warmed up and that
+        # Python did not start: their CPU time is the engine's (translation_engine_cpu_seconds_total).
+        python_threads = {thread.native_id for thread in threading.enumerate()}
+        self.metrics.watch_engine_threads(_native_thread_ids() - threads_before - python_threads)
+        if self.status == "starting":
+            self.set_status("ready")
+            log.info(
+                "ready: %s on %s (%s, %d×%d threads, batches of %d sentences / %d tokens, queue %d)",
+                self.manifest.source, engine.device, engine.compute_type, settings.inter_threads,
+                settings.intra_threads, settings.max_batch_size, settings.max_batch_tokens, settings.max_queue,
+            )
+
+
+def _native_thread_ids() -> set[int]:
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except OSError:  # not Linux: the engine's CPU metric stays empty
+        return set()
+
+
+def _build_cache(settings: Settings, namespace: str, metrics: Metrics) -> Cache:
+    local = LruCache(settings.cache_size)
+    if not settings.redis_url:
+        return local
+    return RedisCache(
+        settings.redis_url,
+        namespace=namespace,
+        local=local,
+        timeout_seconds=settings.redis_timeout_ms / 1000,
+        ttl_seconds=settings.redis_ttl_seconds,
+        on_status=metrics.cache_status,
+    )
+
+
+def _build_batcher(settings: Settings, engine: Engine, metrics: Metrics) -> Batcher[Job, Translation]:
+    async def run_batch(jobs: list[Job]) -> list[Translation]:
+        # The engine releases the GIL: a worker thread keeps the event loop free meanwhile.
+        translations = await asyncio.to_thread(engine.translate, jobs)
+        metrics.output_tokens.inc(sum(len(t.tokens) for t in translations))
+        return translations
+
+    def on_batch(stats: BatchStats) -> None:
+        metrics.batch_size.observe(stats.size)
+        metrics.batch_tokens.observe(stats.cost)
+        metrics.inference_duration.observe(stats.seconds)
+        metrics.input_tokens.inc(stats.cost)
+
+    return Batcher(
+        run_batch,
+        max_batch_size=settings.max_batch_size if settings.batching else 1,
+        max_batch_cost=settings.max_batch_tokens,
+        max_queue=settings.max_queue,
+        concurrency=settings.inter_threads,
+        queue_timeout=settings.queue_timeout_seconds,
+        cost=lambda job: len(job.source),
+        key=lambda job: job,
+        on_batch=on_batch,
+        on_wait=metrics.queue_duration.observe,
+    )

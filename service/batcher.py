@@ -2,24 +2,31 @@
 
 - One queue, bounded: `submit` fails fast with QueueFull instead of letting latency grow without end.
 - A batch is bounded by an item count and a cost budget (source tokens). A lone item runs at once;
-  while batches run, new items queue up and form the next batch as soon as a slot frees.
-- `concurrency` batch calls may run at the same time (one per engine worker).
+  while batches run, new items queue up and form the next batch as soon as a worker frees.
+- `concurrency` worker threads each run one blocking batch call at a time (one per engine worker).
 - Identical items (same key) that are queued or running are computed once and shared.
 - Items whose every caller has gone (cancelled) are dropped before they reach a batch.
 - With a queue timeout, an item that waited longer than that fails with QueueTimeout instead of
   being computed late (Triton's queue policy): under overload, its caller has likely given up.
-- A batch call that raises fails every item in that batch; the worker loop itself never dies.
+- A batch call that raises fails every item in that batch; a worker never dies.
 
-It knows nothing of the web framework or the engine: `run_batch` is any async callable.
+Why threads and not event-loop tasks: the batch cycle (take a batch, run it, take the next) must not
+wait for the event loop. Under a flood of requests one loop iteration can take tens of milliseconds,
+and an asyncio worker needs several iterations per batch, so a fast engine (a GPU, or the toy model)
+would sit idle between batches and good throughput would collapse. Here the workers take batches and
+run them on their own; the loop is needed only to queue items and, once per batch, to hand out results.
+
+It knows nothing of the web framework or the engine: `run_batch` is any blocking callable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -69,7 +76,7 @@ class _Entry(Generic[Item, Result]):
 class Batcher(Generic[Item, Result]):
     def __init__(
         self,
-        run_batch: Callable[[list[Item]], Awaitable[Sequence[Result]]],
+        run_batch: Callable[[list[Item]], Sequence[Result]],
         *,
         max_batch_size: int,
         max_batch_cost: int,
@@ -93,12 +100,14 @@ class Batcher(Generic[Item, Result]):
         self._key = key
         self._on_batch = on_batch
         self._on_wait = on_wait
+        # Guarded by _lock: the queue, the key index, the waiter counts and _closing.
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
         self._pending: deque[_Entry] = deque()
         self._by_key: dict[Hashable, _Entry] = {}
-        self._running: set[asyncio.Task] = set()
-        self._wakeup = asyncio.Event()
-        self._worker: asyncio.Task | None = None
         self._closing = False
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- state, for health checks and metrics
     @property
@@ -111,21 +120,31 @@ class Batcher(Generic[Item, Result]):
 
     @property
     def alive(self) -> bool:
-        return self._worker is not None and not self._worker.done()
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
 
     # --- lifecycle
     def start(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._work(), name="batcher")
+        """Starts the workers; call it from the event loop that will submit and await."""
+        if self._threads:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"batcher-{index}", daemon=True) for index in range(self._concurrency)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def close(self) -> None:
-        """Stops taking items, finishes everything queued and running, then stops the worker."""
-        self._closing = True
-        self._wakeup.set()
-        if self._worker is not None:
-            await self._worker
+        """Stops taking items, finishes everything queued and running, then stops the workers."""
+        with self._lock:
+            self._closing = True
+            self._work_ready.notify_all()
+        threads = list(self._threads)
+        if threads:
+            await asyncio.to_thread(lambda: [thread.join() for thread in threads])
+            await asyncio.sleep(0)  # the workers' last hand-outs run on the loop
 
-    # --- submitting
+    # --- submitting (on the event loop)
     async def submit(self, items: Sequence[Item]) -> list[Outcome[Result]]:
         """Queues all items (all or none), waits for their results in order.
 
@@ -139,117 +158,129 @@ class Batcher(Generic[Item, Result]):
                 return [await asyncio.shield(entries[0].future)]
             return list(await asyncio.gather(*(asyncio.shield(entry.future) for entry in entries)))
         except asyncio.CancelledError:
-            for entry in entries:
-                entry.waiters -= 1
+            with self._lock:
+                for entry in entries:
+                    entry.waiters -= 1
             raise
 
     def _enqueue(self, items: Sequence[Item]) -> list[_Entry]:
-        if self._closing:
-            raise BatcherClosed("the service is shutting down")
         keyed = [(self._key(item), item) for item in items]
-        new_keys = {key for key, _ in keyed if key not in self._by_key}
-        if len(self._pending) + len(new_keys) > self._max_queue:
-            raise QueueFull(f"{len(self._pending)} items queued, room for {self._max_queue}")
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         entries = []
-        for key, item in keyed:
-            entry = self._by_key.get(key)
-            if entry is None:
-                entry = _Entry(item=item, key=key, cost=self._cost(item), future=loop.create_future(), waiters=0)
-                self._by_key[key] = entry
-                self._pending.append(entry)
-            entry.waiters += 1
-            entries.append(entry)
-        if entries:
-            self._wakeup.set()
+        with self._lock:
+            if self._closing:
+                raise BatcherClosed("the service is shutting down")
+            new_keys = {key for key, _ in keyed if key not in self._by_key}
+            if len(self._pending) + len(new_keys) > self._max_queue:
+                raise QueueFull(f"{len(self._pending)} items queued, room for {self._max_queue}")
+            for key, item in keyed:
+                entry = self._by_key.get(key)
+                if entry is None:
+                    entry = _Entry(item=item, key=key, cost=self._cost(item), future=loop.create_future(), waiters=0)
+                    self._by_key[key] = entry
+                    self._pending.append(entry)
+                entry.waiters += 1
+                entries.append(entry)
+            if entries:
+                self._work_ready.notify()
         return entries
 
-    # --- the worker
-    async def _work(self) -> None:
-        slots = asyncio.Semaphore(self._concurrency)
+    # --- the workers (threads)
+    def _work(self) -> None:
         while True:
-            await slots.acquire()
+            taken = self._next_batch()
+            if taken is None:
+                return
+            batch, expired = taken
             try:
-                batch = await self._next_batch()
-            except BaseException:
-                slots.release()
-                raise
-            if batch is None:
-                slots.release()
-                break
-            task = asyncio.create_task(self._execute(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-            task.add_done_callback(lambda _: slots.release())
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+                if expired:
+                    timeout = QueueTimeout(f"waited over {self._queue_timeout:g}s for the engine")
+                    self._hand_out(expired, None, timeout, 0.0, 0.0)
+                if batch:
+                    self._execute(batch)
+            except Exception:  # noqa: BLE001 - a bug here must not leave the service without workers
+                log.exception("batcher worker error; going on")
 
-    async def _next_batch(self) -> list[_Entry] | None:
-        """Waits for work; returns None once closing with nothing left."""
-        while True:
-            self._drop_abandoned()
+    def _next_batch(self) -> tuple[list[_Entry], list[_Entry]] | None:
+        """Waits for work; returns (batch, expired entries), or None once closing with nothing left."""
+        with self._lock:
+            while True:
+                self._drop_abandoned()
+                if self._pending:
+                    break
+                if self._closing:
+                    return None
+                self._work_ready.wait()
+            batch: list[_Entry] = []
+            expired: list[_Entry] = []
+            cost = 0
+            expired_before = time.perf_counter() - self._queue_timeout if self._queue_timeout > 0 else float("-inf")
+            while self._pending and len(batch) < self._max_batch_size:
+                entry = self._pending[0]
+                if batch and cost + entry.cost > self._max_batch_cost:
+                    break
+                self._pending.popleft()
+                if entry.waiters <= 0:
+                    self._forget(entry)
+                elif entry.enqueued_at < expired_before:
+                    self._forget(entry)
+                    expired.append(entry)
+                else:
+                    batch.append(entry)
+                    cost += entry.cost
             if self._pending:
-                break
-            if self._closing:
-                return None
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        batch, cost = [], 0
-        expired_before = time.perf_counter() - self._queue_timeout if self._queue_timeout > 0 else float("-inf")
-        while self._pending and len(batch) < self._max_batch_size:
-            entry = self._pending[0]
-            if batch and cost + entry.cost > self._max_batch_cost:
-                break
-            self._pending.popleft()
-            if entry.waiters <= 0:
-                self._forget(entry)
-                entry.future.cancel()
-                continue
-            if entry.enqueued_at < expired_before:
-                self._forget(entry)
-                entry.future.set_exception(QueueTimeout(f"waited over {self._queue_timeout:g}s for the engine"))
-                continue
-            batch.append(entry)
-            cost += entry.cost
-        return batch or await self._next_batch()
+                self._work_ready.notify()  # more work: wake another idle worker
+            return batch, expired
 
     def _drop_abandoned(self) -> None:
         while self._pending and self._pending[0].waiters <= 0:
-            entry = self._pending.popleft()
-            self._forget(entry)
-            entry.future.cancel()
+            self._forget(self._pending.popleft())
 
     def _forget(self, entry: _Entry) -> None:
         if self._by_key.get(entry.key) is entry:
             del self._by_key[entry.key]
 
-    async def _execute(self, batch: list[_Entry]) -> None:
+    def _execute(self, batch: list[_Entry]) -> None:
         started = time.perf_counter()
-        failed = True
+        results: Sequence | None = None
+        error: BaseException | None = None
         try:
-            results = await self._run_batch([entry.item for entry in batch])
+            results = self._run_batch([entry.item for entry in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"batch call returned {len(results)} results for {len(batch)} items")
-            seconds = time.perf_counter() - started
-            for entry, value in zip(batch, results):
-                if not entry.future.done():
-                    entry.future.set_result(Outcome(value, started - entry.enqueued_at, seconds))
-            failed = False
-        except Exception as error:  # noqa: BLE001 - the error belongs to this batch's callers
-            log.error("batch of %d items failed: %s: %s", len(batch), error.__class__.__name__, error)
-            for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(error)
-        finally:
+        except Exception as failure:  # noqa: BLE001 - the error belongs to this batch's callers
+            log.error("batch of %d items failed: %s: %s", len(batch), failure.__class__.__name__, failure)
+            results, error = None, failure
+        seconds = time.perf_counter() - started
+        with self._lock:
             for entry in batch:
                 self._forget(entry)
-            _call_hook(self._on_batch, BatchStats(len(batch), sum(e.cost for e in batch), time.perf_counter() - started, failed))
-            for entry in batch:
-                _call_hook(self._on_wait, started - entry.enqueued_at)
+        self._hand_out(batch, results, error, started, seconds)
+        _call_hook(self._on_batch, BatchStats(len(batch), sum(e.cost for e in batch), seconds, error is not None))
+        for entry in batch:
+            _call_hook(self._on_wait, started - entry.enqueued_at)
+
+    def _hand_out(self, batch: list[_Entry], results: Sequence | None, error: BaseException | None, started: float, seconds: float) -> None:
+        """Resolves the batch's futures on the event loop: one loop callback per batch."""
+
+        def resolve() -> None:
+            for index, entry in enumerate(batch):
+                if entry.future.done():
+                    continue
+                if error is not None:
+                    entry.future.set_exception(error)
+                else:
+                    entry.future.set_result(Outcome(results[index], started - entry.enqueued_at, seconds))
+
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(resolve)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            pass
 
 
 def _call_hook(hook: Callable, *args) -> None:
     try:
         hook(*args)
-    except Exception:  # noqa: BLE001 - a metrics hook must never take the worker down
+    except Exception:  # noqa: BLE001 - a metrics hook must never take a worker down
         log.exception("batcher hook %s failed", getattr(hook, "__name__", hook))

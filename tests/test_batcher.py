@@ -1,12 +1,18 @@
-"""The batcher on its own, driven by fake batch callables (no engine, no web framework)."""
+"""The batcher on its own, driven by fake batch callables (no engine, no web framework).
+
+The batch calls run in the batcher's worker threads; the tests hold them open with a threading.Event
+and wait for conditions (`until`) rather than for fixed times.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 
-from service.batcher import Batcher, BatcherClosed, BatchStats, QueueFull
+from service.batcher import Batcher, BatcherClosed, BatchStats, QueueFull, QueueTimeout
 
 
 class Recorder:
@@ -14,24 +20,36 @@ class Recorder:
 
     def __init__(self, fail_on: set[int] | None = None) -> None:
         self.batches: list[list[str]] = []
-        self.release = asyncio.Event()
+        self.release = threading.Event()
         self.release.set()
         self.fail_on = fail_on or set()
         self.running = 0
         self.max_running = 0
+        self._lock = threading.Lock()
 
-    async def __call__(self, items: list[str]) -> list[str]:
-        self.batches.append(list(items))
-        number = len(self.batches)
-        self.running += 1
-        self.max_running = max(self.max_running, self.running)
+    def __call__(self, items: list[str]) -> list[str]:
+        with self._lock:
+            self.batches.append(list(items))
+            number = len(self.batches)
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
         try:
-            await self.release.wait()
+            assert self.release.wait(10), "a test never released its batch"
             if number in self.fail_on:
                 raise RuntimeError(f"batch {number} exploded")
             return [item.upper() for item in items]
         finally:
-            self.running -= 1
+            with self._lock:
+                self.running -= 1
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Waits until condition() holds (checked every millisecond), or fails the test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.001)
 
 
 def make(run, **overrides) -> Batcher[str, str]:
@@ -59,9 +77,9 @@ async def test_requests_arriving_while_a_batch_runs_share_the_next_batch():
     batcher = make(run)
     run.release.clear()
     first = asyncio.create_task(values(batcher, ["one"]))
-    await asyncio.sleep(0.01)  # "one" is now running alone
+    await until(lambda: run.running == 1)  # "one" is now running alone
     later = [asyncio.create_task(values(batcher, [f"x{i}"])) for i in range(5)]
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queue_depth == 5)
     run.release.set()
     assert await first == ["ONE"]
     assert [await task for task in later] == [[f"X{i}"] for i in range(5)]
@@ -74,9 +92,9 @@ async def test_batches_respect_size_and_cost_budget():
     batcher = make(run, max_batch_size=3, max_batch_cost=6)
     run.release.clear()
     blocker = asyncio.create_task(values(batcher, ["z"]))
-    await asyncio.sleep(0.01)
+    await until(lambda: run.running == 1)
     rest = asyncio.create_task(values(batcher, ["aa", "bb", "cc", "d", "e", "f", "g"]))
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queue_depth == 7)
     run.release.set()
     await blocker
     assert await rest == ["AA", "BB", "CC", "D", "E", "F", "G"]
@@ -98,10 +116,11 @@ async def test_identical_items_in_flight_are_computed_once():
     batcher = make(run)
     run.release.clear()
     blocker = asyncio.create_task(values(batcher, ["z"]))
-    await asyncio.sleep(0.01)
+    await until(lambda: run.running == 1)
     a = asyncio.create_task(values(batcher, ["same", "other", "same"]))
     b = asyncio.create_task(values(batcher, ["same"]))
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queue_depth == 2)
+    await asyncio.sleep(0)  # b has queued too
     run.release.set()
     await blocker
     assert await a == ["SAME", "OTHER", "SAME"]
@@ -115,9 +134,9 @@ async def test_a_failing_batch_fails_only_its_callers_and_the_worker_goes_on():
     batcher = make(run)
     run.release.clear()
     first = asyncio.create_task(values(batcher, ["ok"]))
-    await asyncio.sleep(0.01)
+    await until(lambda: run.running == 1)
     doomed = [asyncio.create_task(values(batcher, [f"d{i}"])) for i in range(3)]
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queue_depth == 3)
     run.release.set()
     assert await first == ["OK"]
     for task in doomed:
@@ -129,7 +148,7 @@ async def test_a_failing_batch_fails_only_its_callers_and_the_worker_goes_on():
 
 
 async def test_wrong_result_count_is_a_batch_error_not_a_hang():
-    async def short(items):
+    def short(items):
         return items[:-1]
 
     batcher = make(short)
@@ -144,12 +163,14 @@ async def test_items_of_callers_that_left_are_not_computed():
     batcher = make(run)
     run.release.clear()
     blocker = asyncio.create_task(values(batcher, ["z"]))
-    await asyncio.sleep(0.01)
+    await until(lambda: run.running == 1)
     gone = asyncio.create_task(values(batcher, ["gone1", "shared"]))
     stays = asyncio.create_task(values(batcher, ["shared"]))
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.queue_depth == 2)
+    await asyncio.sleep(0)  # stays has queued too
     gone.cancel()
-    await asyncio.sleep(0.01)
+    with pytest.raises(asyncio.CancelledError):
+        await gone
     run.release.set()
     await blocker
     assert await stays == ["SHARED"]
@@ -162,9 +183,10 @@ async def test_full_queue_refuses_all_or_nothing():
     batcher = make(run, max_queue=3)
     run.release.clear()
     blocker = asyncio.create_task(values(batcher, ["z"]))
-    await asyncio.sleep(0.01)  # "z" left the queue: it is running
+    await until(lambda: run.running == 1)  # "z" left the queue: it is running
     waiting = asyncio.create_task(values(batcher, ["a", "b"]))
-    await asyncio.sleep(0)
+    await until(lambda: batcher.queue_depth == 2)
+    assert batcher.has_room(1) and not batcher.has_room(2)
     with pytest.raises(QueueFull):
         await batcher.submit(["c", "d"])
     assert batcher.queue_depth == 2  # nothing of the refused request was queued
@@ -179,8 +201,9 @@ async def test_concurrency_runs_batches_in_parallel():
     batcher = make(run, max_batch_size=1, concurrency=2)
     run.release.clear()
     tasks = [asyncio.create_task(values(batcher, [f"p{i}"])) for i in range(4)]
+    await until(lambda: run.running == 2)
     await asyncio.sleep(0.02)
-    assert run.running == 2
+    assert run.running == 2  # and no more
     run.release.set()
     assert [await t for t in tasks] == [[f"P{i}"] for i in range(4)]
     assert run.max_running == 2
@@ -192,9 +215,9 @@ async def test_close_finishes_queued_work_then_refuses_new_items():
     batcher = make(run, max_batch_size=1)
     run.release.clear()
     tasks = [asyncio.create_task(values(batcher, [f"q{i}"])) for i in range(3)]
-    await asyncio.sleep(0.01)
+    await until(lambda: run.running == 1 and batcher.queue_depth == 2)
     closing = asyncio.create_task(batcher.close())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)
     with pytest.raises(BatcherClosed):
         await batcher.submit(["late"])
     run.release.set()
@@ -220,15 +243,53 @@ async def test_hooks_report_batches_and_waits_and_a_broken_hook_does_not_kill_th
 
 
 async def test_outcomes_carry_queue_and_inference_time():
-    async def slow(items):
-        await asyncio.sleep(0.05)
+    started = threading.Event()
+
+    def slow(items):
+        started.set()
+        time.sleep(0.05)
         return items
 
     batcher = make(slow)
     first = asyncio.create_task(batcher.submit(["a"]))
-    await asyncio.sleep(0.01)
+    await until(started.is_set)
     second = await batcher.submit(["b"])
     (a,) = await first
     assert a.inference_seconds >= 0.04 and a.queue_seconds < 0.02
     assert second[0].queue_seconds >= 0.02
+    await batcher.close()
+
+
+async def test_items_that_waited_past_the_queue_timeout_fail_and_are_not_computed():
+    run = Recorder()
+    batcher = make(run, queue_timeout=0.05)
+    run.release.clear()
+    blocker = asyncio.create_task(values(batcher, ["z"]))
+    await until(lambda: run.running == 1)
+    late = asyncio.create_task(values(batcher, ["late"]))
+    await until(lambda: batcher.queue_depth == 1)
+    await asyncio.sleep(0.1)  # "late" now waits longer than the timeout
+    run.release.set()
+    assert await blocker == ["Z"]
+    with pytest.raises(QueueTimeout, match="waited over 0.05s"):
+        await late
+    assert run.batches == [["z"]]
+    assert await values(batcher, ["fresh"]) == ["FRESH"]
+    await batcher.close()
+
+
+async def test_batches_keep_running_while_the_event_loop_is_busy():
+    """The worker threads take and run batches on their own: a loop blocked for 0.3 s doesn't stop them."""
+    calls: list[float] = []
+
+    def timed(items):
+        calls.append(time.monotonic())
+        return items
+
+    batcher = make(timed, max_batch_size=1)
+    tasks = [asyncio.create_task(batcher.submit([f"b{i}"])) for i in range(5)]
+    await asyncio.sleep(0)  # all five are queued
+    time.sleep(0.3)  # the event loop is stuck (a flood of requests)
+    assert len(calls) == 5  # every batch ran meanwhile
+    assert [(await task)[0].value for task in tasks] == [f"b{i}" for i in range(5)]
     await batcher.close()

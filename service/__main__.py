@@ -12,6 +12,7 @@ import uvicorn
 from service import logs
 from service.app import create_app
 from service.engine import Engine, EngineError, resolve_compute_type, resolve_device
+from service.http_protocol import HoldingHttpToolsProtocol
 from service.model_dir import ModelDirError, read_manifest
 from service.settings import Settings, SettingsError
 
@@ -81,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=settings.drain_seconds or None,
         lifespan="on",
         # uvloop and httptools (C) instead of asyncio and h11 (pure Python): about 3x less CPU per
-        # request at the HTTP layer, measured with `make bench-edge` (docs/benchmarks.md).
+        # request at the HTTP layer, measured with `make bench-edge` (docs/benchmarks-edge.md).
         loop="uvloop",
-        http="httptools",
+        http=HoldingHttpToolsProtocol,
     )
     server = GracefulServer(config, on_draining=lambda: app.state.service.set_status("draining"), delay=settings.shutdown_delay_seconds)
     server_box.append(server)

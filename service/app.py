@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.batcher import BatcherClosed
 from service.engine import Engine
+from service.http_protocol import HOLD_READING
 from service.model_dir import Manifest
 from service.openapi import openapi_document
 from service.pipeline import RETRY_AFTER_SECONDS
@@ -159,6 +160,10 @@ async def translation(runtime: Runtime, scope: Scope, receive: Receive, send: Se
         await _send(send, 200, body, request_id, started, timing)
     except ApiError as error:
         status = error.status
+        if isinstance(error, Overloaded):
+            # Enforce Retry-After on this connection: its next request is read only after it (see
+            # service/http_protocol.py), so clients that retry at once can't starve accepted work.
+            scope[HOLD_READING] = RETRY_AFTER_SECONDS
         if status >= 500:
             log.error("request %s failed: %s", request_id, error.message)
         await _send(send, status, error.body(), request_id, started, [

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
+
 import pytest
 
 from tests.conftest import AppClient, build_app, metric_value
@@ -96,7 +98,9 @@ async def test_repeated_sentences_are_cached_and_metrics_move(client):
 
 
 async def test_concurrent_requests_share_batches(toy_model_dir):
-    async with AppClient(build_app(toy_model_dir, inter_threads=1)) as client:
+    # A slower engine keeps the first batch running while the other 31 requests arrive.
+    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.05), inter_threads=1)
+    async with AppClient(app) as client:
         texts = [[f"{w} bravo charlie."] for w in ("alpha", "delta", "echo", "golf", "hotel", "india", "kilo", "lima")]
         responses = await asyncio.gather(*(client.translate("en", "fr", t) for t in texts * 4))
         for response, text in zip(responses, texts * 4):
@@ -268,3 +272,76 @@ async def test_a_client_that_leaves_is_not_translated(toy_model_dir):
         assert (await blocker).status_code == 200
         await asyncio.sleep(0.1)
         assert not any("▁delta" in source for batch in calls for source in batch)
+
+
+class CountingEngine(SlowEngine):
+    """Counts tokenizer calls (encode), so a test can tell whether a request reached tokenizing."""
+
+    encoded = 0
+
+    def encode(self, sentence, source_lang, target_lang):
+        CountingEngine.encoded += 1
+        return self._engine.encode(sentence, source_lang, target_lang)
+
+
+async def test_over_the_in_flight_limit_429_comes_before_the_body_is_read(toy_model_dir):
+    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.3), max_in_flight=1, inter_threads=1)
+    async with AppClient(app) as client:
+        first = asyncio.create_task(client.translate("en", "fr", ["alpha bravo"]))
+        await asyncio.sleep(0.1)  # the first request holds the only slot, waiting for the engine
+        body_read = []
+
+        async def body():
+            body_read.append(True)
+            yield orjson.dumps(payload())
+
+        refused = await client.http.post("/translation", content=body(), headers={"content-type": "application/json"})
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"] == {"code": "overloaded", "message": "the service is at capacity; retry shortly"}
+        assert body_read == []  # refused on counts alone
+        assert (await first).json()["result"][0]["text"] == "bravo alpha"
+        metrics = (await client.http.get("/metrics")).text
+        assert metric_value(metrics, "translation_requests_total", 'status="429"') == 1
+        assert metric_value(metrics, "translation_in_flight_requests") == 0
+
+
+async def test_a_full_queue_refuses_before_the_cache_lookup_and_tokenizing(toy_model_dir):
+    app = build_app(toy_model_dir, wrap_engine=lambda e: CountingEngine(e, 0.3), max_queue=3, max_batch_size=1, inter_threads=1)
+    async with AppClient(app) as client:
+        first = asyncio.create_task(client.translate("en", "fr", ["alpha.", "bravo.", "charlie."]))
+        await asyncio.sleep(0.1)  # "alpha." runs; "bravo." and "charlie." wait: room for one more
+        before = (await client.http.get("/metrics")).text
+        encoded = CountingEngine.encoded
+        refused = await client.translate("en", "fr", ["delta echo. golf hotel."])  # two sentences
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        after = (await client.http.get("/metrics")).text
+        assert CountingEngine.encoded == encoded  # never tokenized
+        for name in ("translation_cache_misses_total", "translation_cache_hits_total"):  # never looked up
+            assert metric_value(after, name) == metric_value(before, name)
+        assert [r["text"] for r in (await first).json()["result"]] == ["alpha.", "bravo.", "charlie."]
+
+
+async def test_a_sentence_that_waited_past_the_queue_timeout_gets_503_and_is_not_translated(toy_model_dir):
+    calls: list = []
+
+    class Recording(SlowEngine):
+        def translate(self, jobs):
+            calls.append([job.source for job in jobs])
+            return super().translate(jobs)
+
+    app = build_app(toy_model_dir, wrap_engine=lambda e: Recording(e, 0.4), queue_timeout_seconds=0.1, inter_threads=1)
+    async with AppClient(app) as client:
+        calls.clear()
+        first = asyncio.create_task(client.translate("en", "fr", ["alpha"]))
+        await asyncio.sleep(0.05)
+        late = await client.translate("en", "fr", ["bravo charlie delta"])
+        assert late.status_code == 503
+        assert late.headers["retry-after"] == "1"
+        assert late.json()["error"] == {
+            "code": "queue_timeout", "message": "the service is behind: waited over 0.1s for the engine; retry shortly",
+        }
+        assert (await first).status_code == 200
+        assert not any("▁delta" in source for batch in calls for source in batch)
+        # The service goes on: the next request is served.
+        assert (await client.translate("en", "fr", ["echo golf"])).json()["result"][0]["text"] == "golf echo"

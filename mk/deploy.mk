@@ -2,7 +2,7 @@
 # defines PYTHON, SOURCE, QUANTIZATION, HOST and PORT.
 #
 #   make build [TAG=...]                      CPU image IMAGE:TAG (converts SOURCE at build time)
-#   make build-gpu                            GPU image IMAGE:TAG-gpu (int8_float16)
+#   make build-gpu                            GPU image IMAGE:TAG-gpu (float16)
 #   make push / push-gpu                      push them
 #   make deploy [OVERLAY=cpu|gpu|cpu-full]    apply k8s/overlays/OVERLAY with IMAGE:TAG, wait
 #   make rollback                             undo the last rollout
@@ -18,7 +18,7 @@ MANIFEST_IMAGE := ghcr.io/example-org/m2m100-ct2-service
 IMAGE ?= $(MANIFEST_IMAGE)
 # The tag CI pushes for a commit (docker/metadata-action type=sha): sha-<7 hex>.
 TAG ?= sha-$(shell git rev-parse --short=7 HEAD 2>/dev/null || echo unknown)
-GPU_QUANTIZATION ?= int8_float16
+GPU_QUANTIZATION ?= float16
 OVERLAY ?= cpu
 NAMESPACE ?= translation
 DEPLOYMENT ?= translation
@@ -36,7 +36,7 @@ DEPLOY_DIR = build/deploy/$(OVERLAY)
 build: ## build the CPU image IMAGE:TAG (converts SOURCE with QUANTIZATION inside the build)
 	$(DOCKER) build --target cpu --build-arg SOURCE=$(SOURCE) --build-arg QUANTIZATION=$(QUANTIZATION) -t $(IMAGE):$(TAG) .
 
-build-gpu: ## build the GPU image IMAGE:TAG-gpu (GPU_QUANTIZATION=int8_float16)
+build-gpu: ## build the GPU image IMAGE:TAG-gpu (GPU_QUANTIZATION=float16)
 	$(DOCKER) build --target gpu --build-arg SOURCE=$(SOURCE) --build-arg QUANTIZATION=$(GPU_QUANTIZATION) -t $(IMAGE):$(TAG)-gpu .
 
 push: ## push IMAGE:TAG

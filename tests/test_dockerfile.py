@@ -125,7 +125,7 @@ def test_build_args_and_stage_layout(dockerfile):
     assert stages[-1].name == "cpu", "the default target (last stage) is the CPU image"
     assert global_args["SOURCE"] == "facebook/m2m100_418M"
     assert stage_arg_default(by_name["model-cpu"], "QUANTIZATION") == "int8"
-    assert stage_arg_default(by_name["model-gpu"], "QUANTIZATION") == "int8_float16"
+    assert stage_arg_default(by_name["model-gpu"], "QUANTIZATION") == "float16"
     assert global_args["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
     assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu22\.04", global_args["CUDA_IMAGE"])
     assert by_name["converter"].base == by_name["cpu"].base == "${PYTHON_IMAGE}"
@@ -196,7 +196,7 @@ def test_run_stage_user_port_env_and_healthcheck(dockerfile, stage):
     env = " ".join(s.all("ENV"))
     assert f"MT_MODEL_DIR={MODEL_DIR}" in env and "HF_HUB_OFFLINE=1" in env
     if stage == "gpu":
-        assert "MT_COMPUTE_TYPE=int8_float16" in env and "MT_DEVICE=cuda" in env
+        assert "MT_COMPUTE_TYPE=float16" in env and "MT_DEVICE=cuda" in env
     [healthcheck] = s.all("HEALTHCHECK")
     assert "/readyz" in healthcheck and "urllib.request" in healthcheck
     command = json.loads(healthcheck[healthcheck.index("CMD") + 3:])
@@ -249,4 +249,4 @@ def test_make_build_targets_pick_the_stages():
     cpu, gpu = [shlex.split(line) for line in result.stdout.splitlines() if line.startswith("docker build")]
     assert cpu[cpu.index("--target") + 1] == "cpu" and cpu[cpu.index("-t") + 1] == "x/y:t"
     assert gpu[gpu.index("--target") + 1] == "gpu" and gpu[gpu.index("-t") + 1] == "x/y:t-gpu"
-    assert "QUANTIZATION=int8_float16" in gpu
+    assert "QUANTIZATION=float16" in gpu

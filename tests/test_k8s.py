@@ -297,7 +297,10 @@ def test_cpu_and_gpu_sizing():
     assert cpu_container["image"] == f"{MANIFEST_IMAGE}:0.1.0"
     assert gpu_container["image"] == f"{MANIFEST_IMAGE}:0.1.0-gpu"
     assert (cpu_env["MT_DEVICE"], cpu_env["MT_COMPUTE_TYPE"]) == ("cpu", "int8")
-    assert (gpu_env["MT_DEVICE"], gpu_env["MT_COMPUTE_TYPE"]) == ("cuda", "int8_float16")
+    assert (gpu_env["MT_DEVICE"], gpu_env["MT_COMPUTE_TYPE"]) == ("cuda", "float16")
+    # Batch sizes and the queue come from the service's per-device defaults, not from the manifests.
+    for name in ("MT_MAX_QUEUE", "MT_MAX_BATCH_SIZE", "MT_MAX_BATCH_TOKENS"):
+        assert name not in cpu_env and name not in gpu_env
     assert "nvidia.com/gpu" not in cpu_container["resources"]["limits"]
     assert gpu_container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert gpu_container["resources"]["requests"]["nvidia.com/gpu"] == "1"

@@ -430,7 +430,7 @@ class Bench:
         if not quiet:
             log(f"load: {clients} clients ({result.processes} client processes), {result.requests} requests: "
                 f"{row['tokens_per_s']:.1f} tokens/s, p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
-                f"failures {row['failures']}" + (f", exact {result.exact}/{result.checked}" if check else ""))
+                f"failures {row['failures']}" + (f", exact {result.exact}/{result.checked}" if result.checked else ""))
         return row
 
     # --- b. efficiency: the service against the best offline run on the same sentences

@@ -1,9 +1,11 @@
-"""`make bench QUICK=1` end to end on the toy model: every section measured, the report and the plots written."""
+"""`make bench QUICK=1` end to end on the toy model: every section measured, the report and the plots written;
+and the load client split over two processes, merged."""
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -36,18 +38,62 @@ def finite_positive(value) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
-def test_engine_pairs_do_the_same_work(quick_bench):
+def test_engine_rows_are_warmed_at_their_exact_shape_and_repeated(quick_bench):
     _, results, _ = quick_bench
-    rows = results["engine"]["rows"]
-    assert {r["beam"] for r in rows} == {1, 4}
-    for beam in (1, 4):
-        pair = [r for r in rows if r["beam"] == beam]
-        assert {r["engine"] for r in pair} == {"ctranslate2 int8", "transformers float32"}
-        # Same inputs, same lengths: exactly sentences x N output tokens on both sides.
-        expected = results["engine"]["sentences"] * results["engine"]["tokens"]
-        assert [r["output_tokens"] for r in pair] == [expected, expected]
-        assert all(finite_positive(r["tokens_per_s"]) and finite_positive(r["ratio"]) for r in pair)
-        assert next(r for r in pair if r["engine"].startswith("transformers"))["ratio"] == pytest.approx(1.0)
+    engine = results["engine"]
+    rows, tokens = engine["rows"], engine["tokens"]
+    engines = ("ctranslate2 int8", "transformers float32")
+    assert engine["batches"] == [1, 16]
+    assert sorted((r["batch"], r["beam"], r["engine"]) for r in rows) == sorted(
+        (batch, beam, name) for batch in (1, 16) for beam in (1, 4) for name in engines
+    )
+    for r in rows:
+        shape = r["shape"]
+        # The untimed warm-up ran the very call that was timed: same inputs, batch, beam and length.
+        assert r["warmup_shape"] == shape, r
+        assert (shape["sentences"], shape["beam_size"]) == (r["batch"], r["beam"])
+        assert shape["min_decoding_length"] == shape["max_decoding_length"] == tokens + 1
+        assert r["repeats"] >= 3 and len(r["seconds_runs"]) == r["repeats"]
+        # Same work in every run: exactly batch x N output tokens.
+        assert r["output_tokens_runs"] == [r["batch"] * tokens] * r["repeats"]
+        assert r["seconds"] == min(r["seconds_runs"])  # "best of"
+        assert r["tokens_per_s"] == pytest.approx(r["output_tokens"] / r["seconds"])
+        assert min(r["seconds_runs"]) <= statistics.median(r["seconds_runs"])
+    for name in engines:
+        digests = {(r["batch"], r["beam"]): r["shape"]["inputs"] for r in rows if r["engine"] == name}
+        assert digests[1, 1] == digests[1, 4] != digests[16, 1] == digests[16, 4]  # the same sentences for both beams
+    for batch in (1, 16):
+        for beam in (1, 4):
+            ct2, hf = (next(r for r in rows if (r["batch"], r["beam"], r["engine"]) == (batch, beam, name)) for name in engines)
+            assert hf["ratio"] is None  # the reference
+            assert finite_positive(ct2["ratio"])
+            assert ct2["ratio"] == pytest.approx(ct2["tokens_per_s"] / hf["tokens_per_s"])
+            assert ct2["median_ratio"] == pytest.approx(ct2["median_tokens_per_s"] / hf["median_tokens_per_s"])
+
+
+def test_baseline_service_is_measured_with_exact_outputs(quick_bench):
+    _, results, _ = quick_bench
+    base = results["baseline"]
+    assert [r["clients"] for r in base["rows"]] == [1, 4, 16, 64]
+    assert base["fixed_length"] is False and base["beam_size"] == results["service_settings"]["beam_size"]
+    for row in base["rows"]:
+        ours, theirs = row["service"], row["baseline"]
+        for side in (ours, theirs):
+            assert side["statuses"] == {"200": side["requests"]} and side["sent"] == side["requests"], side
+            # Every answer is the toy task's exact translation (tests/fixtures/toy_task.py).
+            assert side["checked"] == side["exact"] == side["requests"], side
+            assert finite_positive(side["tokens_per_s"]) and finite_positive(side["p50_ms"])
+        assert ours["requests"] == theirs["requests"] == max(8, 2 * row["clients"])
+        # Same outputs, counted the same way (translation_output_tokens_total on both): the same token count.
+        assert ours["output_tokens"] == theirs["output_tokens"] > 0
+        assert row["tokens_per_s_ratio"] == pytest.approx(ours["tokens_per_s"] / theirs["tokens_per_s"])
+        assert row["p50_ratio"] == pytest.approx(theirs["p50_ms"] / ours["p50_ms"])
+        # The baseline runs one request at a time: with more clients its requests queue behind each other.
+        if row["clients"] >= 16:
+            assert theirs["queue_p50_ms"] > theirs["inference_p50_ms"]
+    assert results["memory_kib"]["baseline (transformers)"]["VmHWM"] > 100 * 1024  # torch is loaded in it
+    assert 0 < results["cold_start_s"]["baseline (transformers)"] < 120
+    assert "loadtest.bench.baseline_service --checkpoint" in base["command"]
 
 
 def test_service_sections_are_measured(quick_bench):
@@ -55,7 +101,8 @@ def test_service_sections_are_measured(quick_bench):
     conc = results["concurrency"]["rows"]
     assert [r["clients"] for r in conc] == [1, 4, 16, 64]
     for row in conc:
-        assert row["failures"] == 0, row
+        assert row["failures"] == 0 and row["sent"] == row["requests"], row
+        assert row["client_processes"] == 1
         assert finite_positive(row["tokens_per_s"]) and finite_positive(row["p99_ms"])
         assert row["p50_ms"] <= row["p99_ms"]
     eff = results["efficiency"]
@@ -83,10 +130,13 @@ def test_report_has_every_section_and_the_plots(quick_bench):
     text = document.read_text(encoding="utf-8")
     for heading in ("## Key figures", "## Machine and method", "## a. Engine", "## b. Service efficiency", "## c. Batching gain",
                     "## d. Latency of a lone request", "## e. Throughput and latency against concurrency",
-                    "## f. Memory and cold start", "## g. Settings tried", "## GPU"):
+                    "## f. Memory and cold start", "## g. Settings tried",
+                    "## h. The service against a plain transformers service", "## GPU"):
         assert heading in text, heading
     assert "quick mode" in text and results["machine"]["cpu"] in text
-    assert "| greedy | ctranslate2 int8 |" in text and "| beam 4 | transformers float32 |" in text
+    assert "| 1 | greedy | ctranslate2 int8 |" in text and "| 16 | beam 4 | transformers float32 |" in text
+    assert "untimed, on **exactly the call it is timed on**" in text and "**3 timed runs**" in text
+    assert "device measured | cpu: " in text
     assert "Not measured yet" in text and "DEVICE=cuda" in text
     assert "make bench QUICK=1" in text
     assert f"{NOTES_BEGIN}\nHand-written: keep me.\n{NOTES_END}" in text
@@ -95,3 +145,30 @@ def test_report_has_every_section_and_the_plots(quick_bench):
         assert plot.read_bytes()[:8] == PNG_MAGIC, name
         assert plot.stat().st_size > 5000, name
         assert f"(img/{name})" in text
+
+
+def test_closed_loop_over_two_processes_merges_their_samples(toy_model_dir, tmp_path):
+    from loadtest.bench.client import run_closed_loop
+    from loadtest.bench.server import Service
+    from loadtest.texts import TextSource
+
+    texts = TextSource("toy").sentences(200, seed=7)
+    with Service.ct2(toy_model_dir, {"MT_CACHE_SIZE": "0"}, tmp_path / "service.log") as service:
+        one = run_closed_loop(service.url, texts, 8, processes=1, check="toy")
+        two = run_closed_loop(service.url, texts, 8, processes=2, check="toy")
+    assert (one.processes, two.processes, two.clients_per_process) == (1, 2, [4, 4])
+    for result in (one, two):
+        assert sorted(s.index for s in result.samples) == list(range(200))  # every text sent exactly once
+        assert result.statuses == {200: 200} and result.exact == result.checked == 200
+        # Wall time: first request sent to last response read, over both processes.
+        assert result.seconds == max(s.done_at for s in result.samples) - min(s.sent_at for s in result.samples)
+        assert result.seconds * 1000 >= max(s.latency_ms for s in result.samples)
+    assert two.output_tokens == one.output_tokens > 0  # the same work, counted by the service
+    # Each process took its own half and both ran at once: the second half started before the first half was
+    # all sent. (One process sends the texts in order, so there it is the other way round.)
+    def overlap(result) -> bool:
+        first = max(s.sent_at for s in result.samples if s.index < 100)
+        second = min(s.sent_at for s in result.samples if s.index >= 100)
+        return second < first
+
+    assert overlap(two) and not overlap(one)

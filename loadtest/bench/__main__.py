@@ -2,7 +2,11 @@
 
     python -m loadtest.bench                 full run on models/bench-m2m100-418m -> docs/benchmarks.md, docs/img/
     python -m loadtest.bench --quick         the toy checkpoint, ~1 minute -> reports/bench-quick/
-    python -m loadtest.bench --device cuda   CTranslate2 float16/int8_float16 vs transformers float16 on a GPU
+    python -m loadtest.bench --device cuda   on a GPU: CTranslate2 float16/int8_float16 vs transformers float16 at
+                                             batches 1-256, 4,096 sentences from up to 1,024 clients in 4 client
+                                             processes, the service with the gpu overlay's settings
+    python -m loadtest.bench --sections engine,baseline --engine-batches 1 --baseline-concurrency 1
+                                             a part of it, smaller
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf-dir", type=Path, help="the Hugging Face checkpoint transformers loads")
     parser.add_argument("--tokens", type=int, help="output tokens per translation (N)")
     parser.add_argument("--concurrency", type=_ints, help="client counts, e.g. 1,4,16,64")
+    parser.add_argument("--engine-batches", type=_ints, help="section a batch sizes (cpu: 1,16; cuda: 1,16,64,256)")
+    parser.add_argument("--engine-repeats", type=int, help="timed runs per engine row after its warm-up (default 3)")
+    parser.add_argument("--client-processes", type=int, help="load-client processes (cpu: 1; cuda: 4)")
+    parser.add_argument("--baseline-concurrency", type=_ints, help="client counts for the transformers baseline (section h)")
+    parser.add_argument("--baseline-max-requests", type=int, help="at most this many sentences per baseline client count")
     parser.add_argument("--sections", help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     parser.add_argument("--no-settings", action="store_true", help="skip the settings sweep")
     parser.add_argument("--set", dest="service_overrides", action="append", default=[], metavar="MT_NAME=VALUE",
@@ -37,20 +46,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="measure nothing: rewrite the report from <work-dir>/results.json")
     args = parser.parse_args(argv)
 
-    config = Config.quick_mode() if args.quick else Config()
+    config = Config.quick_mode(args.device) if args.quick else Config.full_mode(args.device)
     overrides = {
-        "device": args.device,
         "output": args.output, "work_dir": args.work_dir, "model_dir": args.model_dir, "hf_dir": args.hf_dir,
         "tokens": args.tokens, "concurrency": args.concurrency, "command": args.command,
+        "engine_batches": args.engine_batches, "engine_repeats": args.engine_repeats,
+        "client_processes": args.client_processes, "baseline_concurrency": args.baseline_concurrency,
+        "baseline_max_requests": args.baseline_max_requests,
     }
-    pairs = []
+    for name in ("engine_repeats", "client_processes", "baseline_max_requests"):
+        if overrides[name] is not None and overrides[name] < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    pairs = dict(config.service_overrides)  # --set adds to (or replaces) the mode's own, e.g. the gpu overlay's
     for item in args.service_overrides:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("MT_"):
             parser.error(f"--set needs MT_NAME=VALUE, got {item!r}")
-        pairs.append((name, value))
-    if pairs:
-        overrides["service_overrides"] = tuple(pairs)
+        pairs[name] = value
+    overrides["service_overrides"] = tuple(pairs.items())
     if args.sections:
         unknown = set(args.sections.split(",")) - set(SECTIONS)
         if unknown:
@@ -59,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_settings:
         overrides["sections"] = tuple(s for s in overrides.get("sections", config.sections) if s != "settings")
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    if args.device == "cuda" and not args.command:
-        config = replace(config, command=config.command + " DEVICE=cuda")
 
     if args.report_only:
         import json

@@ -1,12 +1,14 @@
 """A light closed-loop HTTP client for the benchmarks: C concurrent clients, one sentence per request.
 
 Each client takes the next sentence from a shared list, posts it as a single-record request, waits for the
-answer, and takes the next, until the list is used up. Latency is measured here (client side); the service's
-timing headers are kept too. Output tokens come from the service's own counter
+answer, and takes the next, until the list is used up or the time limit is reached. Latency is measured here
+(client side); the service's timing headers are kept too. Output tokens come from the service's own counter
 (translation_output_tokens_total, read from /metrics before and after), so nothing is re-tokenized here.
 
 Raw asyncio HTTP/1.1 over kept-alive connections and nothing else: the client shares the machine's cores with
-the server, so it must be cheap.
+the server, so it must be cheap. One Python process still tops out at a few thousand requests/s, which a GPU
+service can exceed, so `run_closed_loop(..., processes=P)` splits the clients and sentences over P processes
+and merges their samples (wall time: first request sent to last response read, across all of them).
 """
 
 from __future__ import annotations
@@ -14,13 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 OUTPUT_TOKENS = "translation_output_tokens_total"
+
+
+def now() -> float:
+    """CLOCK_MONOTONIC: one clock for every process on the machine (Linux), so the send and receive times of
+    several client processes can be merged into one wall time."""
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
 @dataclass(frozen=True)
@@ -30,15 +40,34 @@ class Sample:
     server_total_ms: float = 0.0  # x-total-time
     queue_ms: float = 0.0  # x-queue-time
     inference_ms: float = 0.0  # x-inference-time
+    index: int = -1  # which text of the load (closed loop)
+    sent_at: float = float("nan")  # now() when sent and when answered (or failed)
+    done_at: float = float("nan")
+    exact: bool | None = None  # the translation is the known right one; None: not checked or not known
 
 
 @dataclass
 class LoadResult:
     concurrency: int
-    requests: int
-    seconds: float  # first request sent -> last response read
+    requests: int  # texts in the load; those sent are len(samples)
+    seconds: float  # first request sent -> last response read, across every client process
     output_tokens: float
     samples: list[Sample] = field(default_factory=list)
+    processes: int = 1
+    clients_per_process: list[int] = field(default_factory=list)
+
+    @property
+    def unsent(self) -> int:
+        """Texts left when the time limit stopped the clients."""
+        return self.requests - len(self.samples)
+
+    @property
+    def exact(self) -> int:
+        return sum(1 for s in self.samples if s.exact)
+
+    @property
+    def checked(self) -> int:
+        return sum(1 for s in self.samples if s.exact is not None)
 
     @property
     def ok(self) -> list[Sample]:
@@ -159,11 +188,14 @@ async def metric(url: str, name: str) -> float:
     return 0.0
 
 
-async def post_one(connection: Connection, text: str, from_lang: str, to_lang: str) -> Sample:
+async def post_one(
+    connection: Connection, text: str, from_lang: str, to_lang: str, index: int = -1, expected: str | None = None
+) -> Sample:
+    """One single-record request; with `expected`, the answer's text is compared with it (exact)."""
     content = body(text, from_lang, to_lang)
-    started = time.perf_counter()
-    status, headers, _ = await connection.request("POST", "/translation", content)
-    latency = (time.perf_counter() - started) * 1000
+    sent = now()
+    status, headers, payload = await connection.request("POST", "/translation", content)
+    done = now()
 
     def header(name: str) -> float:
         try:
@@ -171,7 +203,16 @@ async def post_one(connection: Connection, text: str, from_lang: str, to_lang: s
         except ValueError:
             return 0.0
 
-    return Sample(latency, status, header("x-total-time"), header("x-queue-time"), header("x-inference-time"))
+    exact = None
+    if expected is not None:
+        try:
+            exact = status == 200 and json.loads(payload)["result"][0]["text"] == expected
+        except (ValueError, KeyError, IndexError, TypeError):
+            exact = False
+    return Sample(
+        (done - sent) * 1000, status, header("x-total-time"), header("x-queue-time"), header("x-inference-time"),
+        index, sent, done, exact,
+    )
 
 
 async def lone(
@@ -199,35 +240,94 @@ def run_lone(url: str, texts: Sequence[str], from_lang: str, to_lang: str, befor
     return asyncio.run(lone(url, texts, from_lang, to_lang, before_each, after_each))
 
 
-async def closed_loop(
+async def _clients(
     url: str,
     texts: Sequence[str],
+    indices: Sequence[int],
     concurrency: int,
-    from_lang: str = "en",
-    to_lang: str = "fr",
-    timeout: float = 600.0,
-) -> LoadResult:
-    """Sends every text once, from `concurrency` clients (one connection each); returns samples and rates."""
-    tokens_before = await metric(url, OUTPUT_TOKENS)
-    pending = list(reversed(texts))
+    from_lang: str,
+    to_lang: str,
+    timeout: float,
+    time_limit: float,
+    check: str | None,
+) -> list[Sample]:
+    """`concurrency` clients (one connection each) share `texts`; after `time_limit` seconds they take no new one.
+    `check` names a loadtest.texts source whose known translations the answers are compared with."""
+    expected: list[str | None] = [None] * len(texts)
+    if check:
+        from loadtest.texts import TextSource
+
+        source = TextSource(check)
+        expected = [source.expected(text, to_lang) for text in texts]
+    pending = list(reversed(range(len(texts))))
     samples: list[Sample] = []
+    deadline = now() + time_limit
 
     async def worker() -> None:
         async with Connection(url, timeout) as connection:
-            while pending:
-                text = pending.pop()
+            while pending and now() < deadline:
+                i = pending.pop()
+                sent = now()
                 try:
-                    samples.append(await post_one(connection, text, from_lang, to_lang))
+                    samples.append(await post_one(connection, texts[i], from_lang, to_lang, indices[i], expected[i]))
                 except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
-                    samples.append(Sample(float("nan"), 0))
+                    samples.append(Sample(float("nan"), 0, index=indices[i], sent_at=sent, done_at=now()))
                     return  # the connection is in an unknown state: this client stops
 
-    started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    seconds = time.perf_counter() - started
-    tokens = await metric(url, OUTPUT_TOKENS) - tokens_before
-    return LoadResult(concurrency, len(texts), seconds, tokens, samples)
+    return samples
 
 
-def run_closed_loop(url: str, texts: Sequence[str], concurrency: int, **kwargs) -> LoadResult:
-    return asyncio.run(closed_loop(url, texts, concurrency, **kwargs))
+_barrier = None  # set in each client process: they all start sending together
+
+
+def _init_process(barrier) -> None:
+    global _barrier
+    _barrier = barrier
+
+
+def _process_share(args: tuple) -> list[Sample]:
+    _barrier.wait(timeout=120)  # every process started and imported: none gets a head start
+    return asyncio.run(_clients(*args))
+
+
+def split(count: int, parts: int) -> list[int]:
+    """`count` as `parts` near-equal shares, larger first: split(10, 4) == [3, 3, 2, 2]."""
+    return [count // parts + (1 if i < count % parts else 0) for i in range(parts)]
+
+
+def run_closed_loop(
+    url: str,
+    texts: Sequence[str],
+    concurrency: int,
+    *,
+    processes: int = 1,
+    from_lang: str = "en",
+    to_lang: str = "fr",
+    timeout: float = 600.0,
+    time_limit: float = 600.0,
+    check: str | None = None,
+) -> LoadResult:
+    """Sends every text once (until `time_limit`), from `concurrency` clients spread over `processes` processes;
+    returns the merged samples and rates. Each process gets its share of the clients and, in proportion, of the
+    texts (a contiguous slice: `Sample.index` points back into `texts`)."""
+    tokens_before = asyncio.run(metric(url, OUTPUT_TOKENS))
+    processes = max(1, min(processes, concurrency))
+    clients = split(concurrency, processes)
+    if processes == 1:
+        samples = asyncio.run(_clients(url, texts, range(len(texts)), concurrency, from_lang, to_lang, timeout, time_limit, check))
+    else:
+        # Texts in proportion to clients, so that every process runs about as long as the others.
+        bounds = [len(texts) * sum(clients[:i]) // concurrency for i in range(processes + 1)]
+        shares = [
+            (url, texts[lo:hi], range(lo, hi), n, from_lang, to_lang, timeout, time_limit, check)
+            for n, lo, hi in zip(clients, bounds, bounds[1:])
+        ]
+        # spawn, not fork: the bench process may hold threads (CTranslate2, torch) that fork would copy mid-state.
+        context = multiprocessing.get_context("spawn")
+        barrier = context.Barrier(processes)
+        with ProcessPoolExecutor(processes, mp_context=context, initializer=_init_process, initargs=(barrier,)) as pool:
+            samples = [sample for share in pool.map(_process_share, shares) for sample in share]
+    tokens = asyncio.run(metric(url, OUTPUT_TOKENS)) - tokens_before
+    seconds = max((s.done_at for s in samples), default=0.0) - min((s.sent_at for s in samples), default=0.0)
+    return LoadResult(concurrency, len(texts), seconds, tokens, samples, processes, clients)

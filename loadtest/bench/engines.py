@@ -9,6 +9,8 @@ transformers' new tokens include the forced language token too, so N tokens mean
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -17,10 +19,29 @@ from pathlib import Path
 
 
 @dataclass(frozen=True)
+class Shape:
+    """What one engine call computed. A warm-up only counts if its Shape equals the timed run's: same inputs
+    (by digest), batch, beam and decoding length, so no first-call cost (kernel selection, allocator growth,
+    cuBLAS autotuning on a GPU) of that shape can land in the timed run."""
+
+    sentences: int
+    beam_size: int
+    min_decoding_length: int  # tokens decoded per sentence, the language token included
+    max_decoding_length: int
+    max_batch_size: int  # sentences per internal batch; 0 = all of them in one
+    inputs: str  # digest of the inputs: the same sentences, not just as many
+
+
+def digest(inputs: Sequence) -> str:
+    return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class Timed:
     seconds: float
     output_tokens: int
     sentences: int
+    shape: Shape
 
     @property
     def tokens_per_second(self) -> float:
@@ -77,6 +98,10 @@ class Ct2Engine:
         max_batch_size: int = 0,
     ) -> Timed:
         prefix = [[self._language(target_lang)] for _ in sources]
+        shape = Shape(
+            len(sources), beam_size, min_decoding_length, max_decoding_length, max_batch_size,
+            digest([target_lang, *(list(source) for source in sources)]),
+        )
         started = time.perf_counter()
         results = self.translator.translate_batch(
             [list(source) for source in sources],
@@ -88,7 +113,7 @@ class Ct2Engine:
             max_batch_size=max_batch_size,
         )
         seconds = time.perf_counter() - started
-        return Timed(seconds, sum(len(r.hypotheses[0]) - 1 for r in results), len(sources))
+        return Timed(seconds, sum(len(r.hypotheses[0]) - 1 for r in results), len(sources), shape)
 
     def close(self) -> None:
         del self.translator
@@ -119,6 +144,7 @@ class HfEngine:
         torch = self.torch
         self.tokenizer.src_lang = source_lang
         batch = self.tokenizer(list(texts), return_tensors="pt", padding=True).to(self.device)
+        shape = Shape(len(texts), beam_size, new_tokens + 1, new_tokens + 1, 0, digest([source_lang, target_lang, *texts]))
         self._sync()
         started = time.perf_counter()
         with torch.inference_mode():
@@ -133,7 +159,7 @@ class HfEngine:
         self._sync()
         seconds = time.perf_counter() - started
         # output: [decoder start </s>, __xx__, new_tokens pieces]
-        return Timed(seconds, (output.shape[1] - 2) * output.shape[0], len(texts))
+        return Timed(seconds, (output.shape[1] - 2) * output.shape[0], len(texts), shape)
 
     def _sync(self) -> None:
         if self.device == "cuda":

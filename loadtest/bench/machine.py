@@ -60,6 +60,29 @@ def _gpu() -> str:
         return ""
 
 
+def _cuda_device() -> str:
+    """The GPU the engines run on (device 0), as torch names it; CTranslate2's count of the GPUs it sees.
+    Both are asked because either may be built without CUDA while the other has it."""
+    parts = []
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            parts.append(f"{props.name}, {props.total_memory / 1024**3:.0f} GiB, CUDA {torch.version.cuda}")
+        else:
+            parts.append("torch sees no CUDA device")
+    except ImportError:
+        parts.append("torch not installed")
+    try:
+        import ctranslate2
+
+        parts.append(f"CTranslate2 sees {ctranslate2.get_cuda_device_count()} CUDA device(s)")
+    except ImportError:
+        parts.append("ctranslate2 not installed")
+    return "; ".join(parts)
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -67,7 +90,8 @@ def load_average() -> str:
         return "n/a"
 
 
-def describe() -> dict:
+def describe(device: str = "cpu") -> dict:
+    """The machine; `device` (cpu or cuda) is the one the figures are measured on, named in "device"."""
     model, flags = _cpuinfo()
     versions = {}
     for name in PACKAGES:
@@ -80,6 +104,7 @@ def describe() -> dict:
     except AttributeError:
         usable = os.cpu_count() or 1
     return {
+        "device": f"cuda: {_cuda_device()}" if device == "cuda" else f"cpu: {model}",
         "cpu": model,
         "cores": os.cpu_count() or 1,
         "usable_cores": usable,

@@ -1,15 +1,17 @@
 """The measurements. Every pair that is compared is measured in this one run, side by side, and reported as a
-ratio; absolute figures belong to the machine they were taken on (machine.describe()).
+ratio; absolute figures belong to the machine and device they were taken on (machine.describe()).
 
-a. engine       CTranslate2 at the service's compute type vs transformers generate, same inputs, same
-                output lengths (EOS suppressed to exactly N tokens), greedy and beam 4: tokens/s, ratio.
+a. engine       CTranslate2 at each compute type vs transformers generate, same inputs, same output lengths
+                (EOS suppressed to exactly N tokens), greedy and beam 4, at each batch size of `engine_batches`:
+                every engine warmed at the exact timed shape, then the best (and median) of `engine_repeats`.
 b. efficiency   service output tokens/s under many concurrent single-record clients / the best offline
                 translate_batch tokens/s on the same sentences with the same beam size and decoding length.
 c. batching     the same load with MT_BATCHING=off and on.
 d. latency      a lone short request: service latency vs the offline batch-of-one time, paired per sentence.
-e. concurrency  throughput and latency at 1, 4, 16, 64 clients.
-f. footprint    peak RSS (VmHWM) of the service process and its cold start (process start -> /readyz 200).
+e. concurrency  throughput and latency at each client count of `concurrency`.
+f. footprint    peak RSS (VmHWM) of each server process and its cold start (process start -> /readyz 200).
 g. settings     other service settings under the same load (full mode).
+h. baseline     the service vs a plain transformers service (baseline_service.py), same single-record load.
 """
 
 from __future__ import annotations
@@ -19,22 +21,29 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from loadtest.bench import machine
 from loadtest.bench.client import median, percentile, run_closed_loop, run_lone
-from loadtest.bench.engines import Ct2Engine, HfEngine
+from loadtest.bench.engines import Ct2Engine, HfEngine, Timed
 from loadtest.bench.server import ROOT, Service
 from loadtest.texts import TextSource
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SECTIONS = ("engine", "lone", "concurrency", "efficiency", "batching", "settings")
+SECTIONS = ("engine", "lone", "concurrency", "efficiency", "batching", "baseline", "settings")
 BENCH_MODEL_DIR = ROOT / "models" / "bench-m2m100-418m" / "ct2-int8"
 BENCH_HF_DIR = ROOT / "models" / "bench-m2m100-418m" / "hf"
 TOY_HF_DIR = ROOT / "tests" / "fixtures" / "toy-m2m100"
+# The service as the gpu overlay deploys it (k8s/overlays/gpu): the CPU-measured defaults do not suit a GPU,
+# and a queue shallower than the client count would measure 429s instead of throughput.
+GPU_OVERLAY = (
+    ("MT_COMPUTE_TYPE", "int8_float16"), ("MT_INTER_THREADS", "2"), ("MT_INTRA_THREADS", "2"),
+    ("MT_MAX_BATCH_SIZE", "64"), ("MT_MAX_BATCH_TOKENS", "8192"), ("MT_MAX_QUEUE", "2048"),
+)
 
 
 @dataclass
@@ -48,15 +57,29 @@ class Config:
     work_dir: Path = ROOT / "reports" / "bench"
     tokens: int = 24  # N: output tokens per translation (after the language token)
     pair: tuple[str, str] = ("en", "fr")
-    engine_sentences: int = 16
+    # a. One batch of B distinct sentences per row. 256 sentences of the 418M model through transformers
+    # float32 on 2 cores would take minutes per run: the CPU default stops at 16.
+    engine_batches: tuple[int, ...] = (1, 16)
     engine_beams: tuple[int, ...] = (1, 4)
-    engine_repeats: int = 1
+    engine_repeats: int = 3  # timed runs per row, after one untimed run at the same shape
     concurrency: tuple[int, ...] = (1, 4, 16, 64)
     requests_per_client: int = 2
     min_requests: int = 8
+    # Load-client processes; each runs its share of the clients. One Python process tops out at a few thousand
+    # requests/s, fine for a CPU service; a GPU service needs several so that the client is not the limit.
+    client_processes: int = 1
+    efficiency_repeats: int = 1  # offline runs per configuration (each ~20 s with the 418M model on 2 cores)
     lone_samples: int = 20
     batching_clients: int = 16
     batching_requests: int = 32
+    # h. The transformers baseline serves one request at a time: a subset of the client counts, and at most
+    # `baseline_max_requests` sentences per count, keep it to minutes.
+    baseline_concurrency: tuple[int, ...] = (1, 16)
+    baseline_max_requests: int = 32
+    # Random weights rarely emit </s>: forcing exactly N tokens (min_new_tokens = max_new_tokens = N + 1) makes
+    # the baseline's work equal to the service's. The toy model does stop: unforced, its outputs are checked.
+    baseline_fixed_length: bool = True
+    load_time_limit: float = 600.0  # seconds: clients take no new sentence after this (every load is bounded)
     settings_clients: int = 32
     settings_requests: int = 96
     settings_rounds: int = 2
@@ -66,7 +89,7 @@ class Config:
         ("defaults", {}, 0),
         ("1 worker x 2 threads", {"MT_INTER_THREADS": "1", "MT_INTRA_THREADS": "2"}, 0),
         ("MT_MAX_BATCH_SIZE=8", {"MT_MAX_BATCH_SIZE": "8"}, 0),
-        ("MT_MAX_BATCH_SIZE=16", {"MT_MAX_BATCH_SIZE": "16"}, 0),
+        ("MT_MAX_BATCH_SIZE=32", {"MT_MAX_BATCH_SIZE": "32"}, 0),
         ("MT_MAX_BATCH_TOKENS=256", {"MT_MAX_BATCH_TOKENS": "256"}, 0),
         ("MT_MAX_QUEUE=16, 64 clients", {"MT_MAX_QUEUE": "16"}, 64),
     )
@@ -79,10 +102,42 @@ class Config:
         return self.output.parent / "img"
 
     @classmethod
-    def quick_mode(cls, **overrides) -> Config:
+    def full_mode(cls, device: str = "cpu", **overrides) -> Config:
+        """The 418M benchmark checkpoint; on cuda, GPU-sized workloads and the gpu overlay's settings."""
+        base = cls(device=device)
+        if device == "cuda":
+            base = replace(
+                base,
+                engine_batches=(1, 16, 64, 256),
+                concurrency=(1, 16, 64, 256, 1024),
+                requests_per_client=4,  # 4,096 sentences at 1,024 clients: the efficiency workload
+                min_requests=64,
+                client_processes=4,
+                efficiency_repeats=3,
+                batching_clients=256,
+                batching_requests=1024,
+                baseline_concurrency=(1, 16, 64, 256),
+                baseline_max_requests=256,
+                settings_clients=256,
+                settings_requests=1024,
+                settings=(
+                    ("defaults", {}, 0),
+                    ("1 worker", {"MT_INTER_THREADS": "1"}, 0),
+                    ("MT_MAX_BATCH_SIZE=32", {"MT_MAX_BATCH_SIZE": "32"}, 0),
+                    ("MT_MAX_BATCH_SIZE=128", {"MT_MAX_BATCH_SIZE": "128", "MT_MAX_BATCH_TOKENS": "16384"}, 0),
+                    ("MT_MAX_QUEUE=64, 1024 clients", {"MT_MAX_QUEUE": "64"}, 1024),
+                ),
+                service_overrides=GPU_OVERLAY,
+                command="make bench DEVICE=cuda",
+            )
+        return replace(base, **overrides)
+
+    @classmethod
+    def quick_mode(cls, device: str = "cpu", **overrides) -> Config:
         """The toy checkpoint, small counts: checks the whole pipeline in about a minute (figures meaningless)."""
         base = cls(
             quick=True,
+            device=device,
             model_dir=ROOT / "reports" / "bench-quick" / "toy-int8",
             hf_dir=TOY_HF_DIR,
             text_source="toy",
@@ -90,12 +145,17 @@ class Config:
             work_dir=ROOT / "reports" / "bench-quick",
             tokens=16,
             pair=("en", "fr"),
-            engine_sentences=16,
-            engine_repeats=2,
+            engine_batches=(1, 16),
+            engine_repeats=3,
             requests_per_client=2,
+            efficiency_repeats=3,
             lone_samples=15,
             batching_clients=16,
             batching_requests=32,
+            baseline_concurrency=(1, 4, 16, 64),
+            baseline_max_requests=128,
+            baseline_fixed_length=False,
+            load_time_limit=60.0,
             settings_clients=16,
             settings_requests=32,
             settings_rounds=1,
@@ -104,7 +164,7 @@ class Config:
                 ("1 worker x 2 threads", {"MT_INTER_THREADS": "1", "MT_INTRA_THREADS": "2"}, 0),
                 ("MT_MAX_QUEUE=4, 16 clients", {"MT_MAX_QUEUE": "4"}, 16),
             ),
-            command="make bench QUICK=1",
+            command="make bench QUICK=1" + (" DEVICE=cuda" if device == "cuda" else ""),
         )
         return replace(base, **overrides)
 
@@ -118,10 +178,11 @@ class Bench:
         self.config = config
         self.texts = TextSource(config.text_source)
         self.results: dict = {
-            "config": _jsonable(asdict(config)), "machine": machine.describe(), "load": {},
+            "config": _jsonable(asdict(config)), "machine": machine.describe(config.device), "load": {},
             "started_at": time.strftime("%Y-%m-%d %H:%M %Z"),
         }
         self.started = time.perf_counter()
+        self._texts_by_clients: dict[int, list[str]] = {}
         config.work_dir.mkdir(parents=True, exist_ok=True)
         from service.settings import Settings
 
@@ -148,9 +209,19 @@ class Bench:
         }
 
     def service(self, name: str, **overrides: str) -> Service:
-        return Service(self.config.model_dir, env=self.service_env(**overrides), log_path=self.config.work_dir / f"service-{name}.log")
+        return Service.ct2(self.config.model_dir, self.service_env(**overrides), self.config.work_dir / f"service-{name}.log")
+
+    def baseline_service(self) -> Service:
+        """The transformers baseline with the service's beam size and decoding length."""
+        length = self.max_decoding_length
+        return Service.baseline(
+            self.config.hf_dir, device=self.config.device, beam_size=self.settings.beam_size, max_new_tokens=length,
+            min_new_tokens=length if self.config.baseline_fixed_length else 0,
+            log_path=self.config.work_dir / "baseline-service.log",
+        )
 
     def offline_engine(self, inter_threads: int, intra_threads: int) -> Ct2Engine:
+        """CTranslate2 as the service runs it, warmed up with one sentence at the service's beam and length."""
         from service.engine import resolve_compute_type
 
         engine = Ct2Engine(
@@ -160,8 +231,8 @@ class Bench:
             inter_threads=inter_threads,
             intra_threads=intra_threads,
         )
-        warm = engine.encode(self.texts.sentences(2, seed=999), self.config.pair[0])
-        engine.translate(warm, self.config.pair[1], beam_size=self.settings.beam_size, max_decoding_length=4)
+        warm = engine.encode(self.texts.sentences(1, seed=999), self.config.pair[0])
+        engine.translate(warm, self.config.pair[1], beam_size=self.settings.beam_size, max_decoding_length=self.max_decoding_length)
         return engine
 
     def sentences(self, n: int, seed: int, short: bool = False) -> list[str]:
@@ -169,6 +240,12 @@ class Bench:
 
     def requests_for(self, clients: int) -> int:
         return max(self.config.min_requests, clients * self.config.requests_per_client)
+
+    def texts_for(self, clients: int) -> list[str]:
+        """The sentences of the load at `clients` clients: the same in sections b, e and h."""
+        if clients not in self._texts_by_clients:
+            self._texts_by_clients[clients] = self.sentences(self.requests_for(clients), seed=100 + clients)
+        return self._texts_by_clients[clients]
 
     def save(self) -> Path:
         path = self.config.work_dir / "results.json"
@@ -187,7 +264,7 @@ class Bench:
         if "engine" in sections:
             self.mark("engine")
             self.results["engine"] = self.engine()
-        service_sections = sections & {"lone", "concurrency", "efficiency", "batching"}
+        service_sections = sections & {"lone", "concurrency", "efficiency", "batching", "baseline"}
         if service_sections:
             self.mark("service")
             with self.service("defaults") as service:
@@ -202,7 +279,10 @@ class Bench:
                 if "batching" in sections:
                     self.mark("batching on")
                     batching_on = self.load(service, config.batching_clients, self.sentences(config.batching_requests, seed=31))
-                self.results["memory_kib"] = {"defaults": service.memory_kib()}
+                if "baseline" in sections:
+                    self.mark("baseline")
+                    self.results["baseline"] = self.baseline(service)
+                self.results["memory_kib"] = {"defaults": service.memory_kib(), **self.results.get("memory_kib", {})}
             if "efficiency" in sections:
                 self.mark("efficiency (offline)")
                 self.results["efficiency"] = self.efficiency()
@@ -220,52 +300,64 @@ class Bench:
 
     # --- a. engine
     def engine(self) -> dict:
+        """Each row: one batch of B distinct sentences, one beam, one engine. Every engine first runs the exact
+        call it will be timed on (same sentences, batch, beam, decoding length), untimed; then the engines take
+        turns, `engine_repeats` rounds, so that a noisy moment on a shared machine hits them alike."""
         config = self.config
         cores = self.results["machine"]["usable_cores"]
-        texts = self.sentences(config.engine_sentences, seed=11)
         src, tgt = config.pair
+        length = self.max_decoding_length
         if config.device == "cuda":
             compute_types, hf_dtype, threads = ("float16", "int8_float16"), "float16", (1, 1)
         else:
             from service.engine import resolve_compute_type
 
             compute_types, hf_dtype, threads = (resolve_compute_type("cpu", self.settings.compute_type),), "float32", (1, cores)
+        all_texts = self.sentences(max(config.engine_batches), seed=11)
         log(f"engine: loading transformers ({hf_dtype}) from {_relative(config.hf_dir)}")
         hf = HfEngine(config.hf_dir, device=config.device, dtype=hf_dtype)
-        hf.translate(texts[:2], src, tgt, beam_size=1, new_tokens=2)  # warm-up
         ct2 = {ct: Ct2Engine(config.model_dir, device=config.device, compute_type=ct, inter_threads=threads[0], intra_threads=threads[1]) for ct in compute_types}
-        sources = next(iter(ct2.values())).encode(texts, src)
-        for engine in ct2.values():
-            engine.translate(sources[:2], tgt, beam_size=1, max_decoding_length=3, min_decoding_length=3)
+        reference = f"transformers {hf_dtype}"
         rows = []
-        for beam in config.engine_beams:
-            best: dict[str, object] = {}
-            for _ in range(config.engine_repeats):
-                for ct, engine in ct2.items():
-                    timed = engine.translate(
-                        sources, tgt, beam_size=beam,
-                        max_decoding_length=self.max_decoding_length, min_decoding_length=self.max_decoding_length,
-                    )
-                    key = f"ctranslate2 {ct}"
-                    if key not in best or timed.seconds < best[key].seconds:
-                        best[key] = timed
-                timed = hf.translate(texts, src, tgt, beam_size=beam, new_tokens=config.tokens)
-                key = f"transformers {hf_dtype}"
-                if key not in best or timed.seconds < best[key].seconds:
-                    best[key] = timed
-            baseline = best[f"transformers {hf_dtype}"]
-            for key, timed in best.items():
-                rows.append({
-                    "beam": beam, "engine": key, "seconds": timed.seconds, "output_tokens": timed.output_tokens,
-                    "sentences": timed.sentences, "tokens_per_s": timed.tokens_per_second,
-                    "ratio": timed.tokens_per_second / baseline.tokens_per_second if baseline.tokens_per_second else float("nan"),
-                })
-                log(f"engine: beam {beam} {key}: {timed.tokens_per_second:.1f} tokens/s ({timed.output_tokens} tokens in {timed.seconds:.2f}s)")
+        for batch in config.engine_batches:
+            texts = all_texts[:batch]
+            sources = next(iter(ct2.values())).encode(texts, src)
+            for beam in config.engine_beams:
+                calls: dict[str, Callable[[], Timed]] = {
+                    f"ctranslate2 {ct}": (lambda e=engine, b=beam: e.translate(sources, tgt, beam_size=b, max_decoding_length=length, min_decoding_length=length))
+                    for ct, engine in ct2.items()
+                }
+                calls[reference] = lambda b=beam: hf.translate(texts, src, tgt, beam_size=b, new_tokens=config.tokens)
+                warm = {name: call() for name, call in calls.items()}
+                runs: dict[str, list[Timed]] = {name: [] for name in calls}
+                for _ in range(config.engine_repeats):
+                    for name, call in calls.items():
+                        runs[name].append(call())
+                best = {name: min(timed, key=lambda t: t.seconds) for name, timed in runs.items()}
+                medians = {name: statistics.median(t.tokens_per_second for t in timed) for name, timed in runs.items()}
+                for name, timed in runs.items():
+                    shapes = {t.shape for t in timed}
+                    if len(shapes) != 1:
+                        raise RuntimeError(f"engine {name}: the timed runs differ in shape: {shapes}")
+                    row = {
+                        "batch": batch, "beam": beam, "engine": name, "sentences": batch,
+                        "seconds": best[name].seconds, "seconds_runs": [t.seconds for t in timed],
+                        "output_tokens": best[name].output_tokens, "output_tokens_runs": [t.output_tokens for t in timed],
+                        "tokens_per_s": best[name].tokens_per_second, "median_tokens_per_s": medians[name],
+                        "warmup_shape": asdict(warm[name].shape), "shape": asdict(timed[0].shape), "repeats": len(timed),
+                        # The reference row has no ratio: it would be 1 by definition.
+                        "ratio": None if name == reference else best[name].tokens_per_second / best[reference].tokens_per_second,
+                        "median_ratio": None if name == reference else medians[name] / medians[reference],
+                    }
+                    rows.append(row)
+                    log(f"engine: batch {batch} beam {beam} {name}: best {row['tokens_per_s']:.1f} tokens/s, median "
+                        f"{row['median_tokens_per_s']:.1f} ({row['output_tokens']} tokens, best {row['seconds']:.3f}s of {len(timed)})")
         hf.close()
         for engine in ct2.values():
             engine.close()
         return {
-            "sentences": len(texts), "tokens": config.tokens, "ct2_threads": threads, "hf_dtype": hf_dtype,
+            "tokens": config.tokens, "ct2_threads": threads, "hf_dtype": hf_dtype, "reference": reference,
+            "batches": list(config.engine_batches), "repeats": config.engine_repeats, "statistic": "best",
             "torch_threads": cores if config.device == "cpu" else None, "rows": rows,
         }
 
@@ -310,57 +402,105 @@ class Bench:
 
     # --- e. concurrency
     def concurrency(self, service: Service) -> dict:
-        rows, texts_by_clients = [], {}
-        run_closed_loop(service.url, self.sentences(4, seed=98), 4, from_lang=self.config.pair[0], to_lang=self.config.pair[1])
+        rows = []
+        self.load(service, 4, self.sentences(4, seed=98), quiet=True)  # warm-up
         for clients in self.config.concurrency:
-            texts = self.sentences(self.requests_for(clients), seed=100 + clients)
-            texts_by_clients[clients] = texts
-            result = self.load(service, clients, texts)
-            rows.append(result)
-        self._texts_by_clients = texts_by_clients
-        return {"rows": rows}
+            rows.append(self.load(service, clients, self.texts_for(clients)))
+        return {"rows": rows, "client_processes": self.config.client_processes}
 
-    def load(self, service: Service, clients: int, texts: list[str]) -> dict:
-        result = run_closed_loop(service.url, texts, clients, from_lang=self.config.pair[0], to_lang=self.config.pair[1])
+    def load(self, service: Service, clients: int, texts: list[str], *, check: bool = False, quiet: bool = False) -> dict:
+        """Closed loop, `clients` clients over `client_processes` processes; `check`: compare the answers with the
+        known translations (toy text), counting the exact ones."""
+        config = self.config
+        result = run_closed_loop(
+            service.url, texts, clients, processes=config.client_processes, from_lang=config.pair[0], to_lang=config.pair[1],
+            time_limit=config.load_time_limit, check=config.text_source if check else None,
+        )
         row = {
-            "clients": clients, "requests": result.requests, "failures": result.failures,
+            "clients": clients, "requests": result.requests, "sent": len(result.samples), "failures": result.failures,
             "statuses": {str(k): v for k, v in result.statuses.items()},
             "seconds": result.seconds, "output_tokens": result.output_tokens,
             "tokens_per_s": result.tokens_per_second, "requests_per_s": result.requests_per_second,
             "p50_ms": result.latency(0.5), "p99_ms": result.latency(0.99),
             "queue_p50_ms": result.server("queue_ms", 0.5), "inference_p50_ms": result.server("inference_ms", 0.5),
+            "client_processes": result.processes, "clients_per_process": result.clients_per_process,
         }
-        log(f"load: {clients} clients, {result.requests} requests: {row['tokens_per_s']:.1f} tokens/s, "
-            f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, failures {row['failures']}")
+        if check:
+            row.update(checked=result.checked, exact=result.exact)
+        if not quiet:
+            log(f"load: {clients} clients ({result.processes} client processes), {result.requests} requests: "
+                f"{row['tokens_per_s']:.1f} tokens/s, p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
+                f"failures {row['failures']}" + (f", exact {result.exact}/{result.checked}" if result.checked else ""))
         return row
 
     # --- b. efficiency: the service against the best offline run on the same sentences
     def efficiency(self) -> dict:
         rows = self.results["concurrency"]["rows"]
         service_row = max(rows, key=lambda r: r["clients"])
-        texts = self._texts_by_clients[service_row["clients"]]
+        texts = self.texts_for(service_row["clients"])
         cores = self.results["machine"]["usable_cores"]
         s = self.settings
-        # The service's own split and batch size, the other of 16 / 32, and (CPU) one worker with every core.
-        other = 16 if s.max_batch_size >= 32 else 32
-        candidates = [(s.inter_threads, s.intra_threads, s.max_batch_size), (s.inter_threads, s.intra_threads, other)]
-        if self.config.device == "cpu":
-            candidates.append((1, cores, max(s.max_batch_size, other)))
+        # The service's own split and batch size, another batch size, and one worker with every core (CPU) or
+        # one worker with the biggest batch (GPU).
+        if self.config.device == "cuda":
+            other = 256 if s.max_batch_size < 256 else 64
+            candidates = [(s.inter_threads, s.intra_threads, s.max_batch_size), (s.inter_threads, s.intra_threads, other),
+                          (1, s.intra_threads, max(s.max_batch_size, other))]
+        else:
+            other = 16 if s.max_batch_size >= 32 else 32
+            candidates = [(s.inter_threads, s.intra_threads, s.max_batch_size), (s.inter_threads, s.intra_threads, other),
+                          (1, cores, max(s.max_batch_size, other))]
         offline = []
         for inter, intra, batch in dict.fromkeys(candidates):
             engine = self.offline_engine(inter, intra)
             sources = engine.encode_as_service(texts, *self.config.pair, self.max_decoding_length)
-            timed = engine.translate(sources, self.config.pair[1], beam_size=s.beam_size,
-                                     max_decoding_length=self.max_decoding_length, max_batch_size=batch)
+
+            def run(inputs: list[list[str]]) -> Timed:
+                return engine.translate(inputs, self.config.pair[1], beam_size=s.beam_size,
+                                        max_decoding_length=self.max_decoding_length, max_batch_size=batch)
+
+            # Warm-up: `inter` full batches of the timed call's shape (batch size, beam, length), one per worker.
+            run(sources[: batch * inter])
+            timed = [run(sources) for _ in range(self.config.efficiency_repeats)]
             engine.close()
+            best = min(timed, key=lambda t: t.seconds)
             offline.append({"inter_threads": inter, "intra_threads": intra, "max_batch_size": batch, "inputs": len(sources),
-                            "seconds": timed.seconds, "output_tokens": timed.output_tokens, "tokens_per_s": timed.tokens_per_second})
-            log(f"offline {inter}x{intra} max_batch_size {batch}: {timed.tokens_per_second:.1f} tokens/s")
+                            "seconds": best.seconds, "output_tokens": best.output_tokens, "tokens_per_s": best.tokens_per_second,
+                            "runs": len(timed), "tokens_per_s_runs": [t.tokens_per_second for t in timed]})
+            log(f"offline {inter}x{intra} max_batch_size {batch}: {best.tokens_per_second:.1f} tokens/s (best of {len(timed)})")
         best = max(offline, key=lambda r: r["tokens_per_s"])
         return {
             "clients": service_row["clients"], "sentences": len(texts), "service_tokens_per_s": service_row["tokens_per_s"],
             "service_output_tokens": service_row["output_tokens"], "offline": offline, "best_offline_tokens_per_s": best["tokens_per_s"],
+            "client_processes": service_row.get("client_processes", 1),
             "ratio": service_row["tokens_per_s"] / best["tokens_per_s"] if best["tokens_per_s"] else float("nan"),
+        }
+
+    # --- h. the service against a plain transformers service
+    def baseline(self, service: Service) -> dict:
+        """The same single-record closed loop on the service and on the baseline, each client count back to back,
+        the same sentences on both (those of section e, at most `baseline_max_requests`)."""
+        config = self.config
+        rows = []
+        with self.baseline_service() as baseline:
+            self.results.setdefault("cold_start_s", {})["baseline (transformers)"] = baseline.cold_start_s
+            self.load(baseline, 4, self.sentences(4, seed=98), quiet=True)  # warm-up, as the service had
+            for clients in config.baseline_concurrency:
+                texts = self.texts_for(clients)[: config.baseline_max_requests]
+                ours = self.load(service, clients, texts, check=True)
+                theirs = self.load(baseline, clients, texts, check=True)
+                rows.append({
+                    "clients": clients, "service": ours, "baseline": theirs,
+                    "tokens_per_s_ratio": _ratio(ours["tokens_per_s"], theirs["tokens_per_s"]),
+                    "p50_ratio": _ratio(theirs["p50_ms"], ours["p50_ms"]),  # > 1: the baseline is slower
+                    "p99_ratio": _ratio(theirs["p99_ms"], ours["p99_ms"]),
+                })
+                log(f"baseline: {clients} clients: service/baseline tokens/s {rows[-1]['tokens_per_s_ratio']:.2f}x, "
+                    f"baseline/service p50 {rows[-1]['p50_ratio']:.2f}x")
+            self.results.setdefault("memory_kib", {})["baseline (transformers)"] = baseline.memory_kib()
+        return {
+            "rows": rows, "command": baseline.describe(), "beam_size": self.settings.beam_size,
+            "fixed_length": config.baseline_fixed_length, "dtype": "float16" if config.device == "cuda" else "float32",
         }
 
     # --- c. batching off vs on (on: measured on the defaults service just before)
@@ -407,6 +547,10 @@ class Bench:
                 "lone_ms": median([r["lone_ms"] for r in measured]),
             })
         return rows
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and math.isfinite(a) and math.isfinite(b) else float("nan")
 
 
 def _slug(label: str) -> str:

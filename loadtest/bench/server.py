@@ -1,4 +1,5 @@
-"""Starts the service as its own process for a benchmark, times its cold start, reads its memory."""
+"""Starts a server (the service, or the transformers baseline) as its own process for a benchmark, times its
+cold start, reads its memory."""
 
 from __future__ import annotations
 
@@ -37,14 +38,30 @@ def proc_status(pid: int) -> dict[str, int]:
 
 @dataclass
 class Service:
-    """`python -m service` on 127.0.0.1 with MT_* settings; `start` returns once /readyz says 200."""
+    """A server process, `python -m MODULE ARGS --host 127.0.0.1 --port PORT`, with its environment; `start`
+    returns once /readyz says 200. `Service.ct2` is this project's service, `Service.baseline` the plain
+    transformers one (loadtest/bench/baseline_service.py): both started, timed and stopped the same way."""
 
-    model_dir: Path
+    module: str
+    args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     port: int = 0
     process: subprocess.Popen | None = None
     cold_start_s: float = float("nan")  # process start -> first /readyz 200
+
+    @classmethod
+    def ct2(cls, model_dir: Path, env: dict[str, str], log_path: Path | None = None) -> Service:
+        return cls("service", ("--model-dir", str(model_dir)), env, log_path)
+
+    @classmethod
+    def baseline(
+        cls, checkpoint: Path, *, device: str, beam_size: int, max_new_tokens: int, min_new_tokens: int,
+        log_path: Path | None = None,
+    ) -> Service:
+        args = ("--checkpoint", str(checkpoint), "--device", device, "--beam-size", str(beam_size),
+                "--max-new-tokens", str(max_new_tokens), "--min-new-tokens", str(min_new_tokens))
+        return cls("loadtest.bench.baseline_service", args, {}, log_path)
 
     @property
     def url(self) -> str:
@@ -52,13 +69,13 @@ class Service:
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "service", "--model-dir", str(self.model_dir), "--host", "127.0.0.1", "--port", str(self.port)]
+        return [sys.executable, "-m", self.module, *self.args, "--host", "127.0.0.1", "--port", str(self.port)]
 
     def describe(self) -> str:
-        """The command line as a person would type it (relative paths, MT_* settings first)."""
+        """The command line as a person would type it (relative paths, environment settings first)."""
         settings = " ".join(f"{k}={v}" for k, v in sorted(self.env.items()))
-        model_dir = _relative(self.model_dir)
-        return f"{settings} .venv/bin/python -m service --model-dir {model_dir} --host 127.0.0.1 --port PORT".strip()
+        args = " ".join(_relative(Path(a)) if Path(a).is_absolute() else a for a in self.args)
+        return f"{settings} .venv/bin/python -m {self.module} {args} --host 127.0.0.1 --port PORT".strip()
 
     def start(self, timeout: float = 300.0) -> Service:
         self.port = self.port or free_port()
@@ -73,7 +90,7 @@ class Service:
         deadline = started + timeout
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"service exited with {self.process.returncode}; log: {self.log_path}")
+                raise RuntimeError(f"{self.module} exited with {self.process.returncode}; log: {self.log_path}")
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
                     if response.status == 200:
@@ -83,7 +100,7 @@ class Service:
                 pass
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"service not ready after {timeout:.0f}s; log: {self.log_path}")
+        raise RuntimeError(f"{self.module} not ready after {timeout:.0f}s; log: {self.log_path}")
 
     def memory_kib(self) -> dict[str, int]:
         return proc_status(self.process.pid) if self.process else {}

@@ -4,7 +4,7 @@
     python -m loadtest.bench --quick         the toy checkpoint, ~1 minute -> reports/bench-quick/
     python -m loadtest.bench --device cuda   on a GPU: CTranslate2 float16/int8_float16 vs transformers float16 at
                                              batches 1-256, 4,096 sentences from up to 1,024 clients in 4 client
-                                             processes, the service with the gpu overlay's settings
+                                             processes, the service with its cuda defaults
     python -m loadtest.bench --sections engine,baseline --engine-batches 1 --baseline-concurrency 1
                                              a part of it, smaller
 """
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("engine_repeats", "client_processes", "baseline_max_requests"):
         if overrides[name] is not None and overrides[name] < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    pairs = dict(config.service_overrides)  # --set adds to (or replaces) the mode's own, e.g. the gpu overlay's
+    pairs = dict(config.service_overrides)  # --set adds to (or replaces) the mode's own, e.g. the cuda sweep's
     for item in args.service_overrides:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("MT_"):

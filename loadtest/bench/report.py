@@ -397,8 +397,8 @@ def _baseline(results: dict, config: Config) -> list[str]:
 def _gpu(config: Config) -> list[str]:
     if config.device == "cuda":
         return ["## GPU", "", "Measured on the GPU named above: section a compares CTranslate2 float16 and int8_float16 with "
-                "transformers float16 at batch sizes up to 256; the service ran with `MT_DEVICE=cuda` and the gpu overlay's "
-                "settings (`k8s/overlays/gpu`), under up to 1,024 clients from several client processes; section h "
+                "transformers float16 at batch sizes up to 256; the service ran with `MT_DEVICE=cuda` and its cuda "
+                "defaults (float16, as `k8s/overlays/gpu` deploys it), under up to 1,024 clients from several client processes; section h "
                 "runs the transformers baseline in float16 on the same GPU.", ""]
     return [
         "## GPU", "",
@@ -406,7 +406,7 @@ def _gpu(config: Config) -> list[str]:
         "CUDA, torch with CUDA), run", "",
         "```sh\nmake bench DEVICE=cuda OUTPUT=docs/benchmarks-gpu.md\n```", "",
         "which compares CTranslate2 `float16` and `int8_float16` with transformers `float16` on `cuda` at batch sizes "
-        "1, 16, 64 and 256 (section a), runs the service with `MT_DEVICE=cuda` and the gpu overlay's settings under "
+        "1, 16, 64 and 256 (section a), runs the service with `MT_DEVICE=cuda` and its cuda defaults under "
         "up to 1,024 clients (4,096 sentences) from 4 client processes (sections b–g), and the transformers baseline "
         "in float16 (section h).", "",
     ]

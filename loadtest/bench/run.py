@@ -38,12 +38,6 @@ SECTIONS = ("engine", "lone", "concurrency", "efficiency", "batching", "baseline
 BENCH_MODEL_DIR = ROOT / "models" / "bench-m2m100-418m" / "ct2-int8"
 BENCH_HF_DIR = ROOT / "models" / "bench-m2m100-418m" / "hf"
 TOY_HF_DIR = ROOT / "tests" / "fixtures" / "toy-m2m100"
-# The service as the gpu overlay deploys it (k8s/overlays/gpu): the CPU-measured defaults do not suit a GPU,
-# and a queue shallower than the client count would measure 429s instead of throughput.
-GPU_OVERLAY = (
-    ("MT_COMPUTE_TYPE", "int8_float16"), ("MT_INTER_THREADS", "2"), ("MT_INTRA_THREADS", "2"),
-    ("MT_MAX_BATCH_SIZE", "64"), ("MT_MAX_BATCH_TOKENS", "8192"), ("MT_MAX_QUEUE", "2048"),
-)
 
 
 @dataclass
@@ -103,7 +97,8 @@ class Config:
 
     @classmethod
     def full_mode(cls, device: str = "cpu", **overrides) -> Config:
-        """The 418M benchmark checkpoint; on cuda, GPU-sized workloads and the gpu overlay's settings."""
+        """The 418M benchmark checkpoint; on cuda, GPU-sized workloads. The service runs with its own per-device
+        defaults (`--device cuda` and nothing else), as the gpu overlay deploys it."""
         base = cls(device=device)
         if device == "cuda":
             base = replace(
@@ -122,12 +117,13 @@ class Config:
                 settings_requests=1024,
                 settings=(
                     ("defaults", {}, 0),
+                    ("MT_COMPUTE_TYPE=int8_float16", {"MT_COMPUTE_TYPE": "int8_float16"}, 0),
                     ("1 worker", {"MT_INTER_THREADS": "1"}, 0),
-                    ("MT_MAX_BATCH_SIZE=32", {"MT_MAX_BATCH_SIZE": "32"}, 0),
-                    ("MT_MAX_BATCH_SIZE=128", {"MT_MAX_BATCH_SIZE": "128", "MT_MAX_BATCH_TOKENS": "16384"}, 0),
+                    ("4 workers", {"MT_INTER_THREADS": "4"}, 0),
+                    ("MT_MAX_BATCH_SIZE=128", {"MT_MAX_BATCH_SIZE": "128"}, 0),
+                    ("MT_MAX_BATCH_SIZE=512", {"MT_MAX_BATCH_SIZE": "512", "MT_MAX_BATCH_TOKENS": "32768"}, 0),
                     ("MT_MAX_QUEUE=64, 1024 clients", {"MT_MAX_QUEUE": "64"}, 1024),
                 ),
-                service_overrides=GPU_OVERLAY,
                 command="make bench DEVICE=cuda",
             )
         return replace(base, **overrides)
@@ -187,7 +183,7 @@ class Bench:
         from service.settings import Settings
 
         # The service's settings as it will resolve them: the offline runs copy them.
-        self.settings = Settings.load(["--model-dir", str(config.model_dir)], self.service_env())
+        self.settings = Settings.load(["--model-dir", str(config.model_dir)], self.service_env()).for_device(config.device)
         self.results["service_settings"] = {
             k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.settings).items() if k not in ("host", "port")
         }

@@ -10,6 +10,9 @@
 #       ~10-15 minutes on 2 cores; writes docs/benchmarks.md and docs/img/*.png
 #   make bench QUICK=1
 #       the same pipeline on the toy checkpoint in well under a minute -> reports/bench-quick/
+#   make bench-edge [QUICK=1] [OUTPUT=docs/benchmarks-edge.md]
+#       the HTTP edge's CPU per request against a bare Starlette app, and good throughput under
+#       overload, with wrk on the toy model (~2 minutes; QUICK=1: ~15 s -> reports/bench-edge-quick/)
 
 URL ?= http://127.0.0.1:$(PORT)
 USERS ?= 10
@@ -28,7 +31,7 @@ OUTPUT ?=
 BENCH_ARGS ?=
 BENCH_CHECKPOINT_DIR ?= models/bench-m2m100-418m
 
-.PHONY: load-test bench
+.PHONY: load-test bench bench-edge
 
 load-test: venv-dev ## Locust against URL: USERS, SPAWN_RATE, DURATION; fails when an SLO is missed
 	@mkdir -p $(LOAD_TEST_DIR)
@@ -45,3 +48,7 @@ ifeq ($(QUICK),)
 else
 	$(PYTHON) -m loadtest.bench --quick --device $(DEVICE) $(if $(OUTPUT),--output $(OUTPUT)) $(BENCH_ARGS)
 endif
+
+bench-edge: venv-dev ## edge CPU per request vs bare Starlette, overload ratio (wrk, toy model) -> docs/benchmarks-edge.md
+	@command -v wrk >/dev/null || ./scripts/install_system_deps.sh
+	$(PYTHON) -m loadtest.edge $(if $(QUICK),--quick) $(if $(OUTPUT),--output $(OUTPUT))

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system programs the tests drive for real: redis-server (shared cache tests),
-# promtool (alert rules) and kubectl (kustomize rendering). Debian packages; needs root.
+# promtool (alert rules), kubectl (kustomize rendering) and wrk (the edge benchmark's load client).
+# Debian packages; needs root.
 # Installs only what is missing, so a machine that has them is left untouched.
 set -euo pipefail
-declare -A package_of=([redis-server]=redis-server [promtool]=prometheus [kubectl]=kubectl)
+declare -A package_of=([redis-server]=redis-server [promtool]=prometheus [kubectl]=kubectl [wrk]=wrk)
 missing=()
 for program in "${!package_of[@]}"; do
   command -v "$program" >/dev/null 2>&1 || missing+=("${package_of[$program]}")

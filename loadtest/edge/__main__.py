@@ -1,0 +1,267 @@
+"""`python -m loadtest.edge` (`make bench-edge`): what the HTTP edge costs, and how overload degrades.
+
+1. edge      The service (toy model, cache off, so every request goes through tokenizer, batcher and
+             engine) and the fixed reference (loadtest/edge/reference_app.py: bare Starlette on plain
+             uvicorn, h11 + asyncio) under the same wrk load, alternately, `rounds` times. CPU per request
+             comes from /proc (utime + stime); for the service, the engine's own threads are subtracted
+             (translation_engine_cpu_seconds_total), leaving what the edge and the pipeline cost.
+2. overload  The service with a queue of 512 sentences: good requests/s with `capacity_connections`
+             clients, then with `overload_connections` clients that retry at once after a 429, while a
+             probe client times single requests; RSS before and after.
+
+Figures go to stdout, `<work-dir>/results.json` and a Markdown report (default docs/benchmarks-edge.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from loadtest.bench import machine
+from loadtest.bench.server import ROOT, Service
+from loadtest.edge import wrk
+from loadtest.texts import TextSource
+
+TOY_HF_DIR = ROOT / "tests" / "fixtures" / "toy-m2m100"
+ENGINE_CPU = "translation_engine_cpu_seconds_total"
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    model_dir: Path = ROOT / "reports" / "bench-edge" / "toy-int8"
+    output: Path = ROOT / "docs" / "benchmarks-edge.md"
+    work_dir: Path = ROOT / "reports" / "bench-edge"
+    seconds: float = 10.0
+    warm_up_seconds: float = 2.0
+    rounds: int = 3
+    connections: int = 64
+    bodies: int = 2048
+    overload_queue: int = 512
+    capacity_connections: int = 256
+    overload_connections: int = 2000
+    probe_requests: int = 300  # at most; the probe stops with the overload run
+    command: str = "make bench-edge"
+
+    @classmethod
+    def quick(cls) -> EdgeConfig:
+        """Seconds instead of a minute, for the tests: the figures are only indicative."""
+        work = ROOT / "reports" / "bench-edge-quick"
+        return cls(model_dir=work / "toy-int8", output=work / "benchmarks-edge.md", work_dir=work, seconds=2.0,
+                   warm_up_seconds=1.0, rounds=1, overload_queue=64, capacity_connections=32, overload_connections=400,
+                   probe_requests=100,
+                   command="make bench-edge QUICK=1")
+
+
+@dataclass
+class CpuRow:
+    server: str
+    requests_per_s: float
+    cpu_us_per_request: float  # the whole process
+    engine_us_per_request: float = 0.0  # the engine's own threads (service only)
+    non_2xx: int = 0
+
+    @property
+    def edge_us_per_request(self) -> float:
+        return self.cpu_us_per_request - self.engine_us_per_request
+
+
+@dataclass
+class Results:
+    config: dict
+    machine: dict
+    reference: list[CpuRow] = field(default_factory=list)
+    service: list[CpuRow] = field(default_factory=list)
+    overload: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        reference = statistics.median(r.cpu_us_per_request for r in self.reference)
+        return statistics.median(r.edge_us_per_request for r in self.service) / reference
+
+
+def log(message: str) -> None:
+    print(f"[bench-edge {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        fields = handle.read().rpartition(b")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scrape(url: str, name: str) -> float:
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return sample.value
+    return 0.0
+
+
+def measure(server: Service, script: Path, config: EdgeConfig, *, label: str, engine: bool) -> CpuRow:
+    wrk.run(server.url, script, connections=config.connections, seconds=config.warm_up_seconds)
+    pid = server.process.pid
+    cpu_before, engine_before = cpu_seconds(pid), scrape(server.url, ENGINE_CPU) if engine else 0.0
+    result = wrk.run(server.url, script, connections=config.connections, seconds=config.seconds)
+    cpu_after, engine_after = cpu_seconds(pid), scrape(server.url, ENGINE_CPU) if engine else 0.0
+    row = CpuRow(
+        server=label,
+        requests_per_s=result.requests_per_s,
+        cpu_us_per_request=(cpu_after - cpu_before) / result.requests * 1e6,
+        engine_us_per_request=(engine_after - engine_before) / result.requests * 1e6,
+        non_2xx=result.non_2xx,
+    )
+    log(f"{label}: {row.requests_per_s:,.0f} requests/s, {row.cpu_us_per_request:.0f} µs CPU per request "
+        f"({row.edge_us_per_request:.0f} outside the engine), non-2xx {row.non_2xx}")
+    return row
+
+
+def probe(url: str, body: bytes, stop: threading.Event, limit: int) -> list[tuple[int, float]]:
+    """Sequential single requests on one kept-alive connection, as a well-behaved client sends them
+    (it waits Retry-After after a 429): (status, milliseconds) each."""
+    samples: list[tuple[int, float]] = []
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+    try:
+        while not stop.is_set() and len(samples) < limit:
+            started = time.perf_counter()
+            connection.request("POST", "/translation", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            samples.append((response.status, (time.perf_counter() - started) * 1000))
+            retry_after = response.getheader("retry-after")
+            stop.wait(float(retry_after) if response.status == 429 and retry_after else 0.01)
+    finally:
+        connection.close()
+    return samples
+
+
+def overload(config: EdgeConfig, script: Path, probe_body: bytes) -> dict:
+    env = {"MT_CACHE_SIZE": "0", "MT_MAX_QUEUE": str(config.overload_queue), "MT_LOG_LEVEL": "warning"}
+    with Service.ct2(config.model_dir, env, config.work_dir / "service-overload.log") as service:
+        wrk.run(service.url, script, connections=config.connections, seconds=config.warm_up_seconds)
+        capacity = wrk.run(service.url, script, connections=config.capacity_connections, seconds=config.seconds)
+        rss_before = service.memory_kib().get("VmRSS", 0)
+        log(f"capacity, {config.capacity_connections} clients: {capacity.good_per_s:,.0f} good requests/s")
+        stop, samples = threading.Event(), []
+        prober = threading.Thread(target=lambda: samples.extend(probe(service.url, probe_body, stop, config.probe_requests)))
+        prober.start()
+        try:
+            flood = wrk.run(service.url, script, connections=config.overload_connections, seconds=config.seconds)
+        finally:
+            stop.set()
+            prober.join(60)
+        rss_after = service.memory_kib().get("VmRSS", 0)
+    refused = [ms for status, ms in samples if status == 429]
+    served = [ms for status, ms in samples if status == 200]
+    result = {
+        "queue": config.overload_queue,
+        "capacity_connections": config.capacity_connections,
+        "capacity_good_per_s": capacity.good_per_s,
+        "capacity_non_2xx": capacity.non_2xx,
+        "overload_connections": config.overload_connections,
+        "overload_requests_per_s": flood.requests_per_s,
+        "overload_good_per_s": flood.good_per_s,
+        "overload_socket_errors": flood.socket_errors,
+        "ratio": flood.good_per_s / capacity.good_per_s if capacity.good_per_s else float("nan"),
+        "probe": {"requests": len(samples), "refused": len(refused), "served": len(served),
+                  "refused_p50_ms": _quantile(refused, 0.5), "refused_p99_ms": _quantile(refused, 0.99),
+                  "served_p50_ms": _quantile(served, 0.5), "served_p99_ms": _quantile(served, 0.99)},
+        "rss_before_mib": rss_before / 1024,
+        "rss_after_mib": rss_after / 1024,
+    }
+    log(f"overload, {config.overload_connections} clients: {flood.good_per_s:,.0f} good requests/s "
+        f"(ratio {result['ratio']:.2f}); 429 p50 {result['probe']['refused_p50_ms']:.1f} ms; "
+        f"RSS {result['rss_before_mib']:.0f} -> {result['rss_after_mib']:.0f} MiB")
+    return result
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run(config: EdgeConfig) -> Results:
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    ensure_toy_model(config.model_dir)
+    bodies = _bodies(config.bodies)
+    script = wrk.write_script(config.work_dir / "translation.lua", bodies)
+    results = Results(config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}, machine=machine.describe())
+    reference = Service("uvicorn", ("loadtest.edge.reference_app:app", "--loop", "asyncio", "--http", "h11",
+                                    "--no-access-log", "--log-level", "warning"), {}, config.work_dir / "reference.log")
+    # Production logging (one JSON line per request) stays on: it is part of what a request costs.
+    service = Service.ct2(config.model_dir, {"MT_CACHE_SIZE": "0", "MT_LOG_LEVEL": "info"}, config.work_dir / "service.log")
+    with reference, service:
+        for round_ in range(config.rounds):
+            log(f"edge, round {round_ + 1} of {config.rounds}")
+            results.reference.append(measure(reference, script, config, label="reference", engine=False))
+            results.service.append(measure(service, script, config, label="service", engine=True))
+    log(f"edge ratio: {results.ratio:.2f} (service CPU outside the engine / reference CPU, medians)")
+    results.overload = overload(config, script, json.dumps(bodies[0]).encode())
+    (config.work_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    return results
+
+
+def _bodies(count: int) -> list[dict]:
+    texts = TextSource("toy").sentences(count, seed=7, short=True)
+    return [{"payload": {"fromLang": "en", "toLang": "fr", "records": [{"id": str(i), "text": t}]}} for i, t in enumerate(texts)]
+
+
+def _jsonable(results: Results) -> dict:
+    return {**asdict(results), "ratio": results.ratio,
+            "service_edge_us": [r.edge_us_per_request for r in results.service]}
+
+
+def ensure_toy_model(model_dir: Path) -> None:
+    from loadtest.bench.run import ensure_toy_model as ensure
+
+    ensure(model_dir)
+
+
+def report(results: Results, config: EdgeConfig) -> str:
+    from loadtest.edge.report import render
+
+    return render(results, config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.edge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few seconds per run, output under reports/bench-edge-quick/")
+    parser.add_argument("--output", type=Path, help="Markdown report to write")
+    parser.add_argument("--seconds", type=float, help="length of each timed wrk run")
+    parser.add_argument("--rounds", type=int, help="alternating reference/service rounds")
+    parser.add_argument("--overload-connections", type=int, help="clients in the overload run")
+    args = parser.parse_args(argv)
+    config = EdgeConfig.quick() if args.quick else EdgeConfig()
+    overrides = {"output": args.output, "seconds": args.seconds, "rounds": args.rounds,
+                 "overload_connections": args.overload_connections}
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        results = run(config)
+    except wrk.WrkMissing as error:
+        print(f"bench-edge: {error}", file=sys.stderr)
+        return 2
+    config.output.parent.mkdir(parents=True, exist_ok=True)
+    config.output.write_text(report(results, config))
+    log(f"wrote {config.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""`make bench-edge QUICK=1` end to end: wrk against the reference app and the toy service, then overload."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from loadtest.edge import wrk
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:1
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     6.80ms  775.15us  15.70ms   86.32%
+  Latency Distribution
+     50%    6.50ms
+     75%    7.10ms
+     90%    7.90ms
+     99%  950.00us
+  18765 requests in 2.00s, 3.40MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 765
+Requests/sec:   9382.50
+"""
+
+
+def test_wrk_output_is_read_with_units():
+    result = wrk.parse(WRK_OUTPUT, 64)
+    assert (result.requests, result.seconds, result.non_2xx, result.socket_errors) == (18765, 2.0, 765, 3)
+    assert result.latency_p50_ms == 6.5 and result.latency_p99_ms == pytest.approx(0.95)
+    assert result.good_per_s == (18765 - 765) / 2.0
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make test installs it)")
+def test_quick_edge_benchmark_measures_both_servers_and_the_overload(tmp_path):
+    output = tmp_path / "edge.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.edge", "--quick", "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((ROOT / "reports" / "bench-edge-quick" / "results.json").read_text())
+    (reference,), (service,) = results["reference"], results["service"]
+    assert reference["non_2xx"] == 0 and service["non_2xx"] == 0  # every toy request was translated
+    assert reference["requests_per_s"] > 0 and service["requests_per_s"] > 0
+    # The engine's threads did the translating, and the rest is what the edge costs.
+    assert 0 < service["engine_us_per_request"] < service["cpu_us_per_request"]
+    assert math.isfinite(results["ratio"]) and results["ratio"] > 0
+    overload = results["overload"]
+    assert overload["capacity_non_2xx"] == 0  # below the queue, nobody is refused
+    assert overload["overload_good_per_s"] > 0
+    assert overload["overload_requests_per_s"] > overload["overload_good_per_s"]  # refusals happened
+    assert overload["probe"]["refused"] >= 1 and math.isfinite(overload["probe"]["refused_p50_ms"])
+    report = output.read_text()
+    for heading in ("## Key figures", "## 1. CPU per request", "## 2. Overload", "## Machine"):
+        assert heading in report
+    assert f"**{results['ratio']:.2f}×**" in report

@@ -47,8 +47,9 @@ def test_quick_edge_benchmark_measures_both_servers_and_the_overload(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((ROOT / "reports" / "bench-edge-quick" / "results.json").read_text())
-    (reference,), (service,) = results["reference"], results["service"]
-    assert reference["non_2xx"] == 0 and service["non_2xx"] == 0  # every toy request was translated
+    (reference,), (service,), (fast,) = results["reference"], results["service"], results["reference_fast"]
+    assert reference["non_2xx"] == 0 and service["non_2xx"] == 0 and fast["non_2xx"] == 0
+    assert fast["cpu_us_per_request"] > 0
     assert reference["requests_per_s"] > 0 and service["requests_per_s"] > 0
     # The engine's threads did the translating, and the rest is what the edge costs.
     assert 0 < service["engine_us_per_request"] < service["cpu_us_per_request"]
@@ -58,6 +59,7 @@ def test_quick_edge_benchmark_measures_both_servers_and_the_overload(tmp_path):
     assert overload["overload_good_per_s"] > 0
     assert overload["overload_requests_per_s"] > overload["overload_good_per_s"]  # refusals happened
     assert overload["probe"]["refused"] >= 1 and math.isfinite(overload["probe"]["refused_p50_ms"])
+    assert overload["rss_before_mib"] > 0 and len(overload["rss_again_mib"]) == 1 and overload["rss_again_mib"][0] > 0
     report = output.read_text()
     for heading in ("## Key figures", "## 1. CPU per request", "## 2. Overload", "## Machine"):
         assert heading in report

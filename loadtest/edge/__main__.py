@@ -48,6 +48,7 @@ class EdgeConfig:
     capacity_connections: int = 256
     overload_connections: int = 2000
     probe_requests: int = 300  # at most; the probe stops with the overload run
+    repeat_floods: int = 4  # further floods, to tell an allocator's high-water mark from a leak
     command: str = "make bench-edge"
 
     @classmethod
@@ -56,7 +57,7 @@ class EdgeConfig:
         work = ROOT / "reports" / "bench-edge-quick"
         return cls(model_dir=work / "toy-int8", output=work / "benchmarks-edge.md", work_dir=work, seconds=2.0,
                    warm_up_seconds=1.0, rounds=1, overload_queue=64, capacity_connections=32, overload_connections=400,
-                   probe_requests=100,
+                   probe_requests=100, repeat_floods=1,
                    command="make bench-edge QUICK=1")
 
 
@@ -79,6 +80,8 @@ class Results:
     machine: dict
     reference: list[CpuRow] = field(default_factory=list)
     service: list[CpuRow] = field(default_factory=list)
+    # The same reference app on the service's server stack: how much of the service's cost is the server's.
+    reference_fast: list[CpuRow] = field(default_factory=list)
     overload: dict = field(default_factory=dict)
 
     @property
@@ -166,6 +169,11 @@ def overload(config: EdgeConfig, script: Path, probe_body: bytes) -> dict:
             stop.set()
             prober.join(60)
         rss_after = service.memory_kib().get("VmRSS", 0)
+        # More floods: memory that keeps growing would show here, past the first flood's buffers.
+        again, rss_again = [], []
+        for _ in range(config.repeat_floods):
+            again.append(wrk.run(service.url, script, connections=config.overload_connections, seconds=config.seconds).good_per_s)
+            rss_again.append(service.memory_kib().get("VmRSS", 0) / 1024)
     refused = [ms for status, ms in samples if status == 429]
     served = [ms for status, ms in samples if status == 200]
     result = {
@@ -181,12 +189,15 @@ def overload(config: EdgeConfig, script: Path, probe_body: bytes) -> dict:
         "probe": {"requests": len(samples), "refused": len(refused), "served": len(served),
                   "refused_p50_ms": _quantile(refused, 0.5), "refused_p99_ms": _quantile(refused, 0.99),
                   "served_p50_ms": _quantile(served, 0.5), "served_p99_ms": _quantile(served, 0.99)},
+        "again_good_per_s": again,
         "rss_before_mib": rss_before / 1024,
         "rss_after_mib": rss_after / 1024,
+        "rss_again_mib": rss_again,
     }
     log(f"overload, {config.overload_connections} clients: {flood.good_per_s:,.0f} good requests/s "
         f"(ratio {result['ratio']:.2f}); 429 p50 {result['probe']['refused_p50_ms']:.1f} ms; "
-        f"RSS {result['rss_before_mib']:.0f} -> {result['rss_after_mib']:.0f} MiB")
+        f"RSS {result['rss_before_mib']:.0f} -> {result['rss_after_mib']:.0f} -> "
+        + " -> ".join(f"{mib:.0f}" for mib in rss_again) + " MiB over the floods")
     return result
 
 
@@ -203,19 +214,25 @@ def run(config: EdgeConfig) -> Results:
     bodies = _bodies(config.bodies)
     script = wrk.write_script(config.work_dir / "translation.lua", bodies)
     results = Results(config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}, machine=machine.describe())
-    reference = Service("uvicorn", ("loadtest.edge.reference_app:app", "--loop", "asyncio", "--http", "h11",
-                                    "--no-access-log", "--log-level", "warning"), {}, config.work_dir / "reference.log")
+    reference = _reference("asyncio", "h11", config.work_dir / "reference.log")
+    reference_fast = _reference("uvloop", "httptools", config.work_dir / "reference-fast.log")
     # Production logging (one JSON line per request) stays on: it is part of what a request costs.
     service = Service.ct2(config.model_dir, {"MT_CACHE_SIZE": "0", "MT_LOG_LEVEL": "info"}, config.work_dir / "service.log")
-    with reference, service:
+    with reference, reference_fast, service:
         for round_ in range(config.rounds):
             log(f"edge, round {round_ + 1} of {config.rounds}")
             results.reference.append(measure(reference, script, config, label="reference", engine=False))
             results.service.append(measure(service, script, config, label="service", engine=True))
+            results.reference_fast.append(measure(reference_fast, script, config, label="reference on uvloop + httptools", engine=False))
     log(f"edge ratio: {results.ratio:.2f} (service CPU outside the engine / reference CPU, medians)")
     results.overload = overload(config, script, json.dumps(bodies[0]).encode())
     (config.work_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
     return results
+
+
+def _reference(loop: str, http: str, log_path: Path) -> Service:
+    return Service("uvicorn", ("loadtest.edge.reference_app:app", "--loop", loop, "--http", http,
+                               "--no-access-log", "--log-level", "warning"), {}, log_path)
 
 
 def _bodies(count: int) -> list[dict]:

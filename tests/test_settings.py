@@ -41,3 +41,25 @@ def test_settings_are_immutable():
 def test_bad_values_name_the_option(argv, environ, message):
     with pytest.raises(SettingsError, match=message):
         Settings.load(argv, environ)
+
+
+def test_settings_left_at_zero_take_the_devices_defaults():
+    cpu = Settings.load(["--model-dir", "m"], {}).for_device("cpu")
+    assert (cpu.inter_threads, cpu.max_batch_size, cpu.max_batch_tokens, cpu.max_queue) == (2, 16, 2048, 128)
+    assert cpu.max_in_flight == 128  # follows the queue
+    cuda = Settings.load(["--model-dir", "m"], {}).for_device("cuda")
+    assert (cuda.inter_threads, cuda.max_batch_size, cuda.max_batch_tokens, cuda.max_queue) == (2, 256, 16384, 4096)
+    assert cuda.resolved and not Settings.load(["--model-dir", "m"], {}).resolved
+
+
+def test_explicit_values_win_over_the_devices_defaults():
+    settings = Settings.load(["--model-dir", "m", "--max-batch-size", "64"], {"MT_MAX_QUEUE": "10", "MT_MAX_IN_FLIGHT": "3"})
+    cuda = settings.for_device("cuda")
+    assert (cuda.max_batch_size, cuda.max_queue, cuda.max_in_flight, cuda.max_batch_tokens) == (64, 10, 3, 16384)
+
+
+def test_a_runtime_refuses_settings_not_resolved_for_a_device():
+    from service.runtime import Runtime
+
+    with pytest.raises(ValueError, match="resolved for a device"):
+        Runtime(Settings.load(["--model-dir", "m"], {}), manifest=None, load_engine=lambda: None)

@@ -157,7 +157,7 @@ async def translation(runtime: Runtime, scope: Scope, receive: Receive, send: Se
         counted = True
         body = await _translate(runtime, headers, receive, info, timing)
         status = 200
-        await _send(send, 200, body, request_id, started, timing)
+        await _send(send, 200, body, request_id, started, timing, close=runtime.status == "draining")
     except ApiError as error:
         status = error.status
         if isinstance(error, Overloaded):
@@ -168,7 +168,7 @@ async def translation(runtime: Runtime, scope: Scope, receive: Receive, send: Se
             log.error("request %s failed: %s", request_id, error.message)
         await _send(send, status, error.body(), request_id, started, [
             (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items()
-        ])
+        ], close=runtime.status == "draining")
     except ClientGone:
         status = 499  # nginx's code for it: nobody is left to answer
         info["client_gone"] = True
@@ -303,7 +303,9 @@ async def _read_body(receive: Receive, declared: int | None, limit: int) -> byte
         chunks.append(chunk)
 
 
-async def _send(send: Send, status: int, body: bytes, request_id: str, started: float, extra: list) -> None:
+async def _send(
+    send: Send, status: int, body: bytes, request_id: str, started: float, extra: list, *, close: bool = False
+) -> None:
     headers = [
         _JSON,
         (b"content-length", str(len(body)).encode()),
@@ -311,6 +313,8 @@ async def _send(send: Send, status: int, body: bytes, request_id: str, started: 
         *extra,
         (b"x-total-time", f"{(time.perf_counter() - started) * 1000:.3f}".encode()),
     ]
+    if close:  # draining: keep-alive clients move to another replica before this one closes
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -1,24 +1,86 @@
-"""uvicorn's httptools protocol, plus one thing the app can't do through ASGI: hold a connection.
+"""uvicorn's httptools protocol, plus what an ASGI app can't do from inside: guard the connection itself.
 
-Under overload, clients that retry at once after a 429 turn the event loop into a refusal machine:
-every refused connection is ready again in microseconds, each refusal costs tens of microseconds,
-and accepted requests starve (measured: good throughput fell to a third). So a refusal can ask,
-through its ASGI scope (HOLD_READING), that the connection's *next* request not be read for a while:
-the 429 itself leaves at once, and Retry-After is enforced for clients that ignore it. The kernel
-keeps the next request meanwhile, at no CPU cost. Clients that honour Retry-After never notice.
+- Hold after a refusal. Under overload, clients that retry at once after a 429 turn the event loop into
+  a refusal machine: each refusal costs tens of microseconds and the connection is ready again at once,
+  so accepted requests starve (measured: good throughput fell to a third). A handler can ask, through its
+  ASGI scope (HOLD_READING), that the connection's *next* request not be read for a while: the 429 leaves
+  at once, Retry-After is enforced for clients that ignore it, and the kernel keeps the next request at no
+  CPU cost. Clients that honour Retry-After never notice.
+- Timeouts. A request head must be complete within `header_timeout` of the connection opening or of its
+  first byte (slowloris), and its body within `body_timeout` of the head; otherwise the client gets 408
+  and the connection closes. Idle keep-alive connections close after uvicorn's `timeout_keep_alive`.
+- Protocol errors get the service's JSON error shape (uvicorn answers them in text/plain).
+- A drain that loses nothing. While the service drains, every response says `Connection: close`, so
+  keep-alive clients move elsewhere. When uvicorn then closes idle connections, a connection whose next
+  request has begun to arrive is served (and closed after its response) instead of being reset; an
+  idle one gets a short grace for a request already on its way.
 """
 
 from __future__ import annotations
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from asyncio import TimerHandle
+from collections.abc import Callable
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 # Scope key an ASGI handler sets (seconds) on a response after which its connection is not read.
 HOLD_READING = "m2m100.hold_reading_seconds"
+# How long an idle connection may still send a request once the server has begun to close.
+DRAIN_GRACE_SECONDS = 1.0
 
 
-class HoldingHttpToolsProtocol(HttpToolsProtocol):
+def _error_response(status: int, code: str, message: str) -> bytes:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    head = (
+        b"content-type: application/json\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
+    )
+    return STATUS_LINE[status] + head + body
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """Configured by `protocol_class`, which binds the timeouts and the draining flag."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    draining: Callable[[], bool] = staticmethod(lambda: False)
+
+    _timer: TimerHandle | None = None
+    _head_pending = False  # a request head has begun and is not complete
+    _body_pending = False  # a head is complete, its body is not
+    _closing_after_request = False  # the server is shutting down: serve what has begun, then close
+
+    # --- the connection
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout, "no complete request head")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    # --- parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_pending = True
+        if self._timer is None:
+            self._arm(self.header_timeout, "no complete request head")
+
+    def on_headers_complete(self) -> None:
+        self._head_pending = False
+        self._body_pending = True
+        self._arm(self.body_timeout, "the request body did not arrive in time")
+        super().on_headers_complete()
+        if (self._closing_after_request or self.draining()) and self.cycle is not None:
+            self.cycle.keep_alive = False  # uvicorn then answers with Connection: close
+
+    def on_message_complete(self) -> None:
+        self._body_pending = False
+        self._disarm()
+        super().on_message_complete()
+
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # arms uvicorn's idle keep-alive timeout
         cycle = self.cycle
         hold = cycle.scope.get(HOLD_READING) if cycle is not None else None
         if hold and not self.transport.is_closing():
@@ -28,3 +90,60 @@ class HoldingHttpToolsProtocol(HttpToolsProtocol):
     def _resume_reading(self) -> None:
         if not self.transport.is_closing():
             self.flow.resume_reading()
+
+    # --- timeouts
+    def _arm(self, seconds: float, reason: str) -> None:
+        self._disarm()
+        if seconds > 0:
+            self._timer = self.loop.call_later(seconds, self._timed_out, reason)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self, reason: str) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        # A fresh connection or a new request gets its 408; a request already answered (a 429 sent before
+        # its body was read) gets no second answer.
+        answered = self._body_pending and self.cycle is not None and self.cycle.response_started
+        if (self._head_pending or self._body_pending) and not answered:
+            self.transport.write(_error_response(408, "request_timeout", f"request timed out: {reason}"))
+        if self.cycle is not None and not self.cycle.response_complete:
+            # The app may be waiting for the body: tell it the client is gone.
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.close()
+
+    # --- errors in the JSON shape
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(_error_response(400, "bad_request", msg))
+        self.transport.close()
+
+    # --- shutdown
+    def shutdown(self) -> None:
+        """uvicorn calls this on every connection once it stops accepting."""
+        self._closing_after_request = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            super().shutdown()  # a request in flight: answered, then closed
+        elif not self._head_pending:
+            # Idle: a request may be on its way. Close after a short grace unless one begins.
+            self.loop.call_later(DRAIN_GRACE_SECONDS, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        idle = not self._head_pending and not self._body_pending and (self.cycle is None or self.cycle.response_complete)
+        if idle and not self.transport.is_closing():
+            self.transport.close()
+
+
+def protocol_class(
+    *, header_timeout: float, body_timeout: float, draining: Callable[[], bool]
+) -> type[GuardedHttpToolsProtocol]:
+    """The protocol uvicorn should use (Config(http=...)), bound to these settings."""
+    return type(
+        "ServiceHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"header_timeout": header_timeout, "body_timeout": body_timeout, "draining": staticmethod(draining)},
+    )

@@ -68,6 +68,14 @@ class Settings:
     redis_url: str = _opt("", "Redis URL for a cache shared by all replicas, e.g. redis://redis:6379/0 (empty: none)")
     redis_timeout_ms: int = _opt(50, "Redis command timeout; slower answers count as an outage", minimum=1)
     redis_ttl_seconds: int = _opt(7 * 24 * 3600, "how long translations live in Redis", minimum=1)
+    header_timeout_seconds: float = _opt(
+        10.0, "a connection must send a complete request head this soon after opening or starting it (else 408, closed)",
+        minimum=0.1,
+    )
+    body_timeout_seconds: float = _opt(30.0, "a request body must arrive this soon after its head (else 408, closed)", minimum=0.1)
+    # Longer than a load balancer's usual 60 s, so the proxy, not the service, closes idle connections:
+    # a server that closes first races the proxy's next request on that connection.
+    idle_timeout_seconds: float = _opt(75.0, "idle keep-alive connections are closed after this long", minimum=0.1)
     drain_seconds: float = _opt(30.0, "on SIGTERM, longest wait for accepted requests to finish", minimum=0)
     shutdown_delay_seconds: float = _opt(0.0, "on SIGTERM, keep serving this long with /readyz at 503 before closing", minimum=0)
     log_level: str = _opt("info", "log level", choices=LOG_LEVELS)

@@ -1,4 +1,4 @@
-"""Holding a refused connection: the 429 leaves at once, the connection's next request is read later."""
+"""The service's HTTP protocol: holding refused connections, timeouts, JSON protocol errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import uvicorn
 
-from service.http_protocol import HOLD_READING, HoldingHttpToolsProtocol
+from service.http_protocol import HOLD_READING, protocol_class
 from tests.conftest import free_port
 
 
@@ -40,27 +40,42 @@ def request(path: str, body: bytes = b"") -> bytes:
     return head.encode() + body
 
 
-def test_the_next_request_on_a_refused_connection_is_read_after_the_hold():
-    port = free_port()
-    config = uvicorn.Config(tiny_app, host="127.0.0.1", port=port, loop="uvloop", http=HoldingHttpToolsProtocol,
-                            lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
+class TinyServer:
+    """uvicorn with the service's protocol on a free loopback port, in a thread, around an ASGI app."""
+
+    def __init__(self, app, **protocol) -> None:
+        self.port = free_port()
+        options = {"header_timeout": 10.0, "body_timeout": 10.0, "draining": lambda: False, **protocol}
+        keep_alive = options.pop("keep_alive", 5.0)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, loop="uvloop", http=protocol_class(**options),
+                                lifespan="off", log_level="warning", timeout_keep_alive=keep_alive)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> TinyServer:
+        self.thread.start()
         deadline = time.monotonic() + 10
-        while not server.started:
+        while not self.server.started:
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.01)
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=5)
+
+
+def test_the_next_request_on_a_refused_connection_is_read_after_the_hold():
+    with TinyServer(tiny_app) as server:
+        with server.connect() as connection:
             ok, first = exchange(connection, request("/ok"))
             refused, refusal = exchange(connection, request("/refuse"))
             after, held = exchange(connection, request("/ok"))
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as other:
+        with server.connect() as other:
             _, elsewhere = exchange(other, request("/ok"))
-    finally:
-        server.should_exit = True
-        thread.join(10)
     assert ok.startswith(b"HTTP/1.1 200") and refused.startswith(b"HTTP/1.1 429") and after.startswith(b"HTTP/1.1 200")
     assert first < 0.3 and refusal < 0.3  # the 429 itself is not delayed
     assert held >= 0.45  # the same connection's next request waited out the hold
@@ -103,3 +118,77 @@ def exchange_json(connection: socket.socket, data: bytes) -> tuple[bytes, float]
         chunk = connection.recv(65536)
         assert chunk, "connection closed"
         received += chunk
+
+
+def read_until_closed(connection: socket.socket) -> tuple[bytes, float]:
+    started, data = time.perf_counter(), b""
+    while chunk := connection.recv(4096):
+        data += chunk
+    return data, time.perf_counter() - started
+
+
+def json_body(response: bytes) -> dict:
+    return json.loads(response.partition(b"\r\n\r\n")[2])
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout():
+    with TinyServer(tiny_app, header_timeout=0.3) as server, server.connect() as connection:
+        data, waited = read_until_closed(connection)
+    assert data == b""  # nothing was asked, nothing is answered
+    assert 0.25 <= waited < 3
+
+
+def test_a_slow_request_head_gets_408_in_the_error_shape_and_is_closed():
+    with TinyServer(tiny_app, header_timeout=0.3) as server, server.connect() as connection:
+        connection.sendall(b"POST /ok HTTP/1.1\r\nHost: t\r\nX-Slow: ")  # and then nothing more
+        data, waited = read_until_closed(connection)
+    assert data.startswith(b"HTTP/1.1 408")
+    assert json_body(data) == {"error": {"code": "request_timeout", "message": "request timed out: no complete request head"}}
+    assert waited < 3
+
+
+def test_a_slow_body_gets_408_and_the_app_hears_the_client_is_gone():
+    seen: list[str] = []
+
+    async def reader(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                return
+
+    with TinyServer(reader, body_timeout=0.3) as server, server.connect() as connection:
+        connection.sendall(b"POST /ok HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{\"partial\":")
+        data, waited = read_until_closed(connection)
+    assert data.startswith(b"HTTP/1.1 408")
+    assert json_body(data)["error"]["message"] == "request timed out: the request body did not arrive in time"
+    assert waited < 3
+    assert seen[-1] == "http.disconnect"
+
+
+def test_an_idle_keep_alive_connection_is_closed():
+    with TinyServer(tiny_app, keep_alive=0.3) as server, server.connect() as connection:
+        response, _ = exchange(connection, request("/ok"))
+        assert response.startswith(b"HTTP/1.1 200")
+        data, waited = read_until_closed(connection)
+    assert data == b"" and waited < 3
+
+
+def test_a_malformed_request_gets_400_in_the_error_shape():
+    with TinyServer(tiny_app) as server, server.connect() as connection:
+        connection.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        data, _ = read_until_closed(connection)
+    assert data.startswith(b"HTTP/1.1 400")
+    assert b"content-type: application/json" in data
+    assert json_body(data)["error"]["code"] == "bad_request"
+
+
+def test_the_service_applies_its_header_timeout(toy_model_dir, start_service):
+    service = start_service(toy_model_dir, env={"MT_HEADER_TIMEOUT_SECONDS": "0.5"})
+    port = int(service.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"POST /translation HTTP/1.1\r\nHost: t\r\n")
+        data, waited = read_until_closed(connection)
+    assert data.startswith(b"HTTP/1.1 408") and waited < 5

@@ -10,9 +10,12 @@
 # The convert and serve commands are the ones `make convert` / `make serve` run
 # (tests/test_dockerfile.py keeps them equal).
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Base images are pinned by digest (the multi-platform index), so a rebuild gets the same bytes; the tag
+# says what it is. To bump one: `docker buildx imagetools inspect python:3.11-slim-bookworm` (or the
+# CUDA tag), copy the "Digest:" line of the index into the ARG below, rebuild, run the tests.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 # CTranslate2 4.8 loads CUDA 12 (libcublas.so.12) and cuDNN 9 at run time.
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04@sha256:17e2934e1fa96152b14f78078bfbafd0f00f391df995dc6c641a720fce1202bb
 ARG SOURCE=facebook/m2m100_418M
 
 # ---------------------------------------------------------------------------------------------

@@ -126,8 +126,9 @@ def test_build_args_and_stage_layout(dockerfile):
     assert global_args["SOURCE"] == "facebook/m2m100_418M"
     assert stage_arg_default(by_name["model-cpu"], "QUANTIZATION") == "int8"
     assert stage_arg_default(by_name["model-gpu"], "QUANTIZATION") == "float16"
-    assert global_args["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
-    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu22\.04", global_args["CUDA_IMAGE"])
+    # Pinned by digest, with the tag kept for people.
+    assert re.fullmatch(r"python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", global_args["PYTHON_IMAGE"])
+    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu22\.04@sha256:[0-9a-f]{64}", global_args["CUDA_IMAGE"])
     assert by_name["converter"].base == by_name["cpu"].base == "${PYTHON_IMAGE}"
     assert by_name["gpu"].base == "${CUDA_IMAGE}"
     assert by_name["model-cpu"].base == by_name["model-gpu"].base == "converter"

@@ -360,6 +360,9 @@ def test_redis_component():
     assert any(selects(peer["podSelector"], server_labels) for r in redis_policy["ingress"] for peer in r["from"])
     # Without the component there is no Redis and no MT_REDIS_URL.
     assert "MT_REDIS_URL" not in container_env(render("cpu"), server_container(render("cpu")))
+    # Third-party images are pinned by digest (ours is set per deploy by `make deploy`).
+    (redis_container,) = redis_pod["spec"]["containers"]
+    assert re.fullmatch(r"redis:7\.\d+-alpine@sha256:[0-9a-f]{64}", redis_container["image"])
 
 
 def test_monitoring_objects_land_where_their_controllers_look():

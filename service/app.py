@@ -107,7 +107,7 @@ def create_app(
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_document(settings))
+        return JSONResponse(openapi_document(settings, manifest.languages))
 
     async def translation_route(scope: Scope, receive: Receive, send: Send) -> None:
         await translation(runtime, scope, receive, send)  # reached only when the fast dispatch is bypassed
@@ -116,14 +116,16 @@ def create_app(
         if error.status_code == 404:
             return _error_response(NotFound(f"no route {request.url.path}; see /openapi.json"))
         if error.status_code == 405:
-            return _error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+            allowed = (error.headers or {}).get("Allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+            return _error_response(MethodNotAllowed(message, headers={"Allow": allowed}))
         return _error_response(ApiError(str(error.detail)))
 
     async def unexpected_error(request: Request, error: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)
         return _error_response(ApiError("internal error; see the server log"))
 
-    return TranslationApp(
+    app = TranslationApp(
         runtime,
         routes=[
             Route("/translation", translation_route, methods=["POST"]),
@@ -136,6 +138,9 @@ def create_app(
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
         lifespan=lifespan,
     )
+    # No "/path/" -> "/path" redirects: Starlette builds their Location from the request's Host header.
+    app.router.redirect_slashes = False
+    return app
 
 
 # --- POST /translation, as a plain ASGI handler

@@ -21,8 +21,9 @@ from __future__ import annotations
 from asyncio import TimerHandle
 from collections.abc import Callable
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from service.schema import ApiError, BadRequest, RequestTimeout
 
 # Scope key an ASGI handler sets (seconds) on a response after which its connection is not read.
 HOLD_READING = "m2m100.hold_reading_seconds"
@@ -30,12 +31,12 @@ HOLD_READING = "m2m100.hold_reading_seconds"
 DRAIN_GRACE_SECONDS = 1.0
 
 
-def _error_response(status: int, code: str, message: str) -> bytes:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
+def _error_response(error: ApiError) -> bytes:
+    body = error.body()
     head = (
         b"content-type: application/json\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
     )
-    return STATUS_LINE[status] + head + body
+    return STATUS_LINE[error.status] + head + body
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -110,7 +111,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # its body was read) gets no second answer.
         answered = self._body_pending and self.cycle is not None and self.cycle.response_started
         if (self._head_pending or self._body_pending) and not answered:
-            self.transport.write(_error_response(408, "request_timeout", f"request timed out: {reason}"))
+            self.transport.write(_error_response(RequestTimeout(f"request timed out: {reason}")))
         if self.cycle is not None and not self.cycle.response_complete:
             # The app may be waiting for the body: tell it the client is gone.
             self.cycle.disconnected = True
@@ -119,7 +120,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- errors in the JSON shape
     def send_400_response(self, msg: str) -> None:
-        self.transport.write(_error_response(400, "bad_request", msg))
+        self.transport.write(_error_response(BadRequest(msg)))
         self.transport.close()
 
     # --- shutdown

@@ -1,11 +1,24 @@
-"""The OpenAPI document: every endpoint, the request and response shapes, and every error."""
+"""The OpenAPI document: every endpoint, the request and response shapes, and every error.
+
+It says what the service does: the language enum is the model's, the limits are the settings', ids are
+strings or integers in orjson's range, and unknown fields are ignored (so that additive extensions never
+break an older server). docs/openapi.json is this document for the default settings and M2M100's 100
+languages (`python -m service.openapi --model-dir DIR > docs/openapi.json`); a test keeps them equal.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from collections.abc import Sequence
 from functools import cache
 
 from service.schema import ERRORS
 from service.settings import Settings
+
+# Integers orjson keeps exactly: signed 64-bit up to unsigned 64-bit; it reads larger ones as floats (refused, 422).
+ID_MINIMUM, ID_MAXIMUM = -(2**63), 2**64 - 1
 
 _ERROR = {
     "type": "object",
@@ -45,15 +58,24 @@ def _json(schema: dict, description: str) -> dict:
 
 
 @cache
-def _document(max_records: int, max_text_chars: int, max_body_bytes: int) -> dict:
+def _document(max_records: int, max_text_chars: int, max_body_bytes: int, languages: tuple[str, ...]) -> dict:
+    record_id = {
+        "oneOf": [{"type": "string"}, {"type": "integer", "minimum": ID_MINIMUM, "maximum": ID_MAXIMUM}],
+        "description": "echoed unchanged; integers beyond 64 bits and fractions are refused with 422 (send them as strings)",
+    }
     record = {
         "type": "object",
         "required": ["id", "text"],
-        "properties": {
-            "id": {"oneOf": [{"type": "string"}, {"type": "integer"}], "description": "echoed unchanged"},
-            "text": {"type": "string", "maxLength": max_text_chars},
-        },
+        "description": "unknown fields are ignored",
+        "properties": {"id": record_id, "text": {"type": "string", "maxLength": max_text_chars}},
     }
+    # A translation may be longer than its source: no maxLength here.
+    translated = {
+        "type": "object",
+        "required": ["id", "text"],
+        "properties": {"id": record_id, "text": {"type": "string"}},
+    }
+    language = {"type": "string", "enum": list(languages)}
     request = {
         "type": "object",
         "required": ["payload"],
@@ -61,18 +83,20 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int) -> dic
             "payload": {
                 "type": "object",
                 "required": ["fromLang", "toLang", "records"],
+                "description": "unknown fields are ignored",
                 "properties": {
-                    "fromLang": {"type": "string", "description": "source language code (GET /languages)"},
-                    "toLang": {"type": "string", "description": "target language code (GET /languages)"},
+                    "fromLang": {**language, "description": "source language code (GET /languages)"},
+                    "toLang": {**language, "description": "target language code (GET /languages)"},
                     "records": {"type": "array", "maxItems": max_records, "items": record},
                 },
             }
         },
+        "description": "unknown fields are ignored",
     }
     result = {
         "type": "object",
         "required": ["result"],
-        "properties": {"result": {"type": "array", "items": record, "description": "one per record, in order"}},
+        "properties": {"result": {"type": "array", "items": translated, "description": "one per record, in order"}},
     }
     return {
         "openapi": "3.1.0",
@@ -85,7 +109,7 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int) -> dic
                     "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
                     "responses": {
                         "200": {**_json(result, "translations, one per record"), "headers": _TIMING_HEADERS},
-                        **_errors(400, 413, 415, 422, 429, 500, 503),
+                        **_errors(400, 408, 413, 415, 422, 429, 500, 503),
                     },
                 }
             },
@@ -94,7 +118,7 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int) -> dic
                     "summary": "Supported language codes",
                     "responses": {
                         "200": _json(
-                            {"type": "object", "properties": {"languages": {"type": "array", "items": {"type": "string"}}}},
+                            {"type": "object", "properties": {"languages": {"type": "array", "items": language}}},
                             "the codes fromLang and toLang accept",
                         )
                     },
@@ -124,5 +148,22 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int) -> dic
     }
 
 
-def openapi_document(settings: Settings) -> dict:
-    return _document(settings.max_records, settings.max_text_chars, settings.max_body_bytes)
+def openapi_document(settings: Settings, languages: Sequence[str]) -> dict:
+    return _document(settings.max_records, settings.max_text_chars, settings.max_body_bytes, tuple(languages))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prints the document for the default settings and a model directory's languages."""
+    from service.model_dir import read_manifest
+
+    parser = argparse.ArgumentParser(prog="python -m service.openapi", description=main.__doc__)
+    parser.add_argument("--model-dir", required=True)
+    args = parser.parse_args(argv)
+    settings = Settings.load(["--model-dir", args.model_dir], {})
+    json.dump(openapi_document(settings, read_manifest(settings.model_dir).languages), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

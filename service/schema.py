@@ -26,6 +26,12 @@ class ApiError(Exception):
         return orjson.dumps({"error": {"code": self.code, "message": self.message}})
 
 
+class BadRequest(ApiError):
+    """Not HTTP the server can parse (answered by service/http_protocol.py, before the app)."""
+
+    status, code = 400, "bad_request"
+
+
 class MalformedJson(ApiError):
     status, code = 400, "malformed_json"
 
@@ -36,6 +42,12 @@ class NotFound(ApiError):
 
 class MethodNotAllowed(ApiError):
     status, code = 405, "method_not_allowed"
+
+
+class RequestTimeout(ApiError):
+    """The request head or body did not arrive in time (answered by service/http_protocol.py)."""
+
+    status, code = 408, "request_timeout"
 
 
 class PayloadTooLarge(ApiError):
@@ -72,7 +84,7 @@ class QueueExpired(ApiError):
 
 # The status table, for the OpenAPI document and the docs: status -> (code, when).
 ERRORS: tuple[type[ApiError], ...] = (
-    MalformedJson, NotFound, MethodNotAllowed, PayloadTooLarge, UnsupportedMediaType,
+    BadRequest, MalformedJson, NotFound, MethodNotAllowed, RequestTimeout, PayloadTooLarge, UnsupportedMediaType,
     ValidationFailed, UnsupportedLanguage, Overloaded, TranslationFailed, NotReady, QueueExpired, ApiError,
 )
 
@@ -139,6 +151,11 @@ def _record(index: int, record: Any, limits: Limits) -> Record:
     if "id" not in record:
         raise ValidationFailed(f"missing field: {where}.id")
     record_id = record["id"]
+    if isinstance(record_id, float):
+        # JSON parsers read integers beyond 64 bits (and fractions) as floats: echoing one back would change it.
+        raise ValidationFailed(
+            f"{where}.id must be a string or an integer within 64 bits, got {record_id!r}; send larger ids as strings"
+        )
     if isinstance(record_id, bool) or not isinstance(record_id, str | int):
         raise ValidationFailed(f"{where}.id must be a string or an integer, got {_type_name(record_id)}")
     if "text" not in record:

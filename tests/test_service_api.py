@@ -9,7 +9,7 @@ import orjson
 
 import pytest
 
-from tests.conftest import AppClient, build_app, metric_value
+from tests.conftest import ROOT, AppClient, build_app, metric_value
 from tests.fixtures.toy_task import expected_translation
 
 SENTENCES = ["alpha bravo charlie.", "delta echo", "foxtrot golf hotel india.", "juliet"]
@@ -119,7 +119,7 @@ async def test_endpoints_besides_translation(client):
     document = (await client.http.get("/openapi.json")).json()
     assert set(document["paths"]) == {"/translation", "/languages", "/healthz", "/readyz", "/metrics", "/openapi.json"}
     responses = document["paths"]["/translation"]["post"]["responses"]
-    assert set(responses) == {"200", "400", "413", "415", "422", "429", "500", "503"}
+    assert set(responses) == {"200", "400", "408", "413", "415", "422", "429", "500", "503"}
     assert "unsupported_language" in responses["422"]["description"]
 
 
@@ -189,6 +189,43 @@ async def test_other_http_errors_use_the_same_shape(client):
     assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
     response = await client.http.get("/translation")
     assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"]["message"] == "GET is not allowed on /translation; allowed: POST"
+
+
+async def test_no_redirect_is_built_from_the_host_header(client):
+    response = await client.http.post("/translation/", json=payload(), headers={"host": "evil.example"})
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+    assert "location" not in response.headers
+
+
+async def test_the_served_openapi_document_is_the_committed_one(client):
+    committed = orjson.loads((ROOT / "docs" / "openapi.json").read_bytes())
+    served = (await client.http.get("/openapi.json")).json()
+    assert served == committed
+    request = served["paths"]["/translation"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    languages = (await client.http.get("/languages")).json()["languages"]
+    assert request["properties"]["payload"]["properties"]["fromLang"]["enum"] == languages
+
+
+async def test_unknown_fields_are_ignored_as_documented(client):
+    body = {"payload": {"fromLang": "en", "toLang": "fr", "records": [{"id": 7, "text": "alpha bravo", "note": "x"}],
+                        "priority": "high"}, "client": "test"}
+    response = await client.http.post("/translation", json=body)
+    assert response.json() == {"result": [{"id": 7, "text": "bravo alpha"}]}
+
+
+async def test_integer_ids_keep_64_bits_and_larger_ones_get_a_clear_422(client):
+    largest = 2**64 - 1
+    response = await client.http.post("/translation", json=payload(records=[{"id": largest, "text": "alpha"}]))
+    assert response.json()["result"][0]["id"] == largest
+    too_big = b'{"payload": {"fromLang": "en", "toLang": "fr", "records": [{"id": 18446744073709551616, "text": "a"}]}}'
+    response = await client.http.post("/translation", content=too_big, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == (
+        "payload.records[0].id must be a string or an integer within 64 bits, got 1.8446744073709552e+19; "
+        "send larger ids as strings"
+    )
 
 
 class SlowEngine:

@@ -31,7 +31,7 @@ from service.engine import Engine
 from service.http_protocol import HOLD_READING
 from service.model_dir import Manifest
 from service.openapi import openapi_document
-from service.pipeline import RETRY_AFTER_SECONDS
+from service.pipeline import RETRY_AFTER_SECONDS, off_loop_if
 from service.runtime import Runtime
 from service.schema import (
     ApiError,
@@ -52,6 +52,8 @@ log = logging.getLogger("service")
 request_log = logging.getLogger("service.requests")
 
 _JSON = (b"content-type", b"application/json")
+# Bodies above this are parsed and answered off the event loop (service/pipeline.py says why).
+LARGE_BODY_BYTES = 16 * 1024
 
 
 class ClientGone(Exception):
@@ -199,7 +201,9 @@ async def _translate(runtime: Runtime, headers: _Headers, receive: Receive, info
     if headers.content_type not in ("application/json", ""):
         raise UnsupportedMediaType(f"content-type must be application/json, got {headers.content_type}")
     body = await _read_body(receive, headers.content_length, settings.max_body_bytes)
-    parsed = parse_translation_request(body, runtime.languages, Limits(settings.max_records, settings.max_text_chars))
+    large = len(body) > LARGE_BODY_BYTES
+    limits = Limits(settings.max_records, settings.max_text_chars)
+    parsed = await off_loop_if(large, lambda: parse_translation_request(body, runtime.languages, limits))
     info.update(records=len(parsed.records), from_lang=parsed.from_lang, to_lang=parsed.to_lang)
     pipeline = runtime.pipeline
     assert pipeline is not None  # runtime.serving
@@ -223,7 +227,8 @@ async def _translate(runtime: Runtime, headers: _Headers, receive: Receive, info
     )
     timing.append((b"x-queue-time", f"{result.queue_seconds * 1000:.3f}".encode()))
     timing.append((b"x-inference-time", f"{result.inference_seconds * 1000:.3f}".encode()))
-    return encode_result([record.id for record in parsed.records], result.texts)
+    ids = [record.id for record in parsed.records]
+    return await off_loop_if(large, lambda: encode_result(ids, result.texts))
 
 
 async def _unless_client_leaves(work, receive: Receive):

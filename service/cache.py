@@ -19,7 +19,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,14 @@ class LruCache:
         self._used = 0
 
 
+class RedisClient(Protocol):
+    """The part of redis.asyncio.Redis this cache uses (tests pass a fake)."""
+
+    async def mget(self, keys: list[str]) -> list[bytes | None]: ...
+    def pipeline(self, transaction: bool = ...) -> Any: ...
+    async def aclose(self) -> None: ...
+
+
 class RedisCache:
     """Redis behind the LRU; fails open."""
 
@@ -158,28 +166,33 @@ class RedisCache:
 
     def __init__(
         self,
-        url: str,
+        url: str = "",
         *,
         namespace: str,
         local: LruCache,
-        timeout_seconds: float,
+        timeout_seconds: float = 0.05,
         ttl_seconds: int,
         on_status: Callable[[bool], None] = lambda up: None,
+        client: RedisClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        import redis.asyncio
+        if client is None:
+            import redis.asyncio
 
-        self._client = redis.asyncio.Redis.from_url(
-            url,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
+            client = redis.asyncio.Redis.from_url(
+                url,
+                socket_timeout=timeout_seconds,
+                socket_connect_timeout=timeout_seconds,
+                retry_on_timeout=False,
+                health_check_interval=0,
+            )
+        self._client = client
         # The namespace (the model's fingerprint) keeps replicas of different models apart.
         self._prefix = f"mt:{hashlib.sha1(namespace.encode()).hexdigest()[:12]}:"
         self._local = local
         self._ttl = ttl_seconds
         self._on_status = on_status
+        self._clock = clock
         self._skip_until = 0.0
         self._up = True
 
@@ -230,10 +243,10 @@ class RedisCache:
         await self._client.aclose()
 
     def _available(self) -> bool:
-        return time.monotonic() >= self._skip_until
+        return self._clock() >= self._skip_until
 
     def _failed(self, error: Exception) -> None:
-        self._skip_until = time.monotonic() + self.BACKOFF_SECONDS
+        self._skip_until = self._clock() + self.BACKOFF_SECONDS
         if self._up:
             log.warning("redis cache unavailable, serving without it: %s: %s", error.__class__.__name__, error)
         self._up = False

@@ -1,9 +1,11 @@
-"""The translation cache: LRU order, the byte budget (accounted and measured) and the key digest."""
+"""The translation cache: LRU order, the byte budget (accounted and measured), the key digest, and
+the Redis layer's fail-open back-off against a fake client and a fake clock."""
 
 from __future__ import annotations
 
 import gc
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cache import ENTRY_OVERHEAD, CacheKey, LruCache, cache_key, entry_bytes
+from service.cache import ENTRY_OVERHEAD, CacheKey, LruCache, RedisCache, cache_key, entry_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 EMOJI = "😀🎉"  # 4 bytes a character in a str: the costliest text per character
@@ -234,3 +236,139 @@ def test_rss_grows_by_no_more_than_the_budget_under_a_flood(total, low, high):
     # Measured: 49-54 MB of growth for 500 MB of large mixed texts, 48 MB for short sentences.
     # The margin is the allocator's fragmentation between differently sized texts.
     assert measured["peak_growth"] <= budget * 1.15, measured
+
+
+# --- Redis, faked --------------------------------------------------------------------------------
+
+
+class FakeRedis:
+    """Stands in for redis.asyncio.Redis: a dict, and a switch that makes every call fail."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.failing = False
+        self.calls = 0
+        self.closed = False
+
+    async def mget(self, keys):
+        self._call()
+        return [self.data.get(k) for k in keys]
+
+    def pipeline(self, transaction=True):
+        return FakePipeline(self)
+
+    async def aclose(self):
+        self.closed = True
+
+    def _call(self):
+        self.calls += 1
+        if self.failing:
+            raise ConnectionError("connection refused")
+
+
+class FakePipeline:
+    def __init__(self, redis: FakeRedis) -> None:
+        self._redis, self._pending = redis, []
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+    def set(self, name, value, ex=None):
+        assert ex is not None  # every entry expires
+        self._pending.append((name, value))
+
+    async def execute(self):
+        self._redis._call()
+        self._redis.data.update(self._pending)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def redis_cache(fake: FakeRedis, clock=None, statuses=None, **local) -> RedisCache:
+    return RedisCache(
+        namespace="model-a",
+        local=LruCache(**local),
+        ttl_seconds=60,
+        client=fake,
+        clock=clock or FakeClock(),
+        on_status=(statuses.append if statuses is not None else lambda up: None),
+    )
+
+
+async def test_values_from_redis_fill_the_local_lru():
+    fake = FakeRedis()
+    first, second = redis_cache(fake), redis_cache(fake)  # two replicas, one Redis
+    await first.set_many([(key("hello"), "bonjour")])
+
+    assert await second.get_many([key("hello"), key("other")]) == ["bonjour", None]
+    assert fake.calls == 2  # first's write, second's read
+
+    fake.failing = True  # the second lookup never reaches Redis: the local LRU has it now
+    assert await second.get_many([key("hello")]) == ["bonjour"]
+    assert fake.calls == 2
+
+
+async def test_redis_keys_are_the_shared_digest_under_the_model_namespace():
+    fake = FakeRedis()
+    sentence = "a sentence"
+    await redis_cache(fake).set_many([(key(sentence), "une phrase")])
+    [stored] = fake.data
+    assert stored.endswith(":" + cache_key(key(sentence)).hex())
+    assert sentence not in stored
+    other_model = RedisCache(namespace="model-b", local=LruCache(), ttl_seconds=60, client=fake)
+    assert await other_model.get_many([key(sentence)]) == [None]
+
+
+async def test_over_long_sentences_skip_redis_too():
+    fake = FakeRedis()
+    cache = redis_cache(fake, max_entry_chars=5)
+    await cache.set_many([(key("too long"), "v")])
+    assert await cache.get_many([key("too long")]) == [None]
+    assert fake.calls == 0 and fake.data == {}
+
+
+async def test_an_outage_is_reported_skipped_during_the_back_off_and_recovered(caplog):
+    fake, clock, statuses = FakeRedis(), FakeClock(), []
+    cache = redis_cache(fake, clock, statuses)
+    fake.failing = True
+    caplog.set_level(logging.INFO, logger="service.cache")
+
+    # A failing call: answered without Redis, status down, one warning.
+    assert await cache.get_many([key("a")]) == [None]
+    await cache.set_many([(key("b"), "v-b")])  # inside the back-off: not tried, but cached locally
+    assert fake.calls == 1 and statuses == [False]
+    assert await cache.get_many([key("b")]) == ["v-b"]
+
+    clock.now += RedisCache.BACKOFF_SECONDS - 0.01
+    assert await cache.get_many([key("a")]) == [None]
+    assert fake.calls == 1  # still in the back-off window
+
+    clock.now += 0.02  # the window is over; Redis is tried again and still fails
+    assert await cache.get_many([key("a")]) == [None]
+    assert fake.calls == 2 and statuses == [False, False]  # each failure is counted (cache_errors)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "redis cache unavailable" in warnings[0].getMessage()
+
+    fake.failing = False
+    await redis_cache(fake).set_many([(key("a"), "v-a")])  # another replica translated it meanwhile
+    clock.now += RedisCache.BACKOFF_SECONDS
+    assert await cache.get_many([key("a")]) == ["v-a"]
+    assert statuses[-1] is True
+    assert any(r.getMessage() == "redis cache is back" for r in caplog.records)
+
+
+async def test_close_closes_the_client():
+    fake = FakeRedis()
+    cache = redis_cache(fake)
+    await cache.set_many([(key("a"), "v")])
+    await cache.close()
+    assert fake.closed

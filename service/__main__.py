@@ -11,6 +11,7 @@ import threading
 import uvicorn
 
 from service import logs
+from service.access import AccessError
 from service.app import create_app
 from service.engine import Engine, EngineError, resolve_compute_type, resolve_device
 from service.http_protocol import protocol_class
@@ -82,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     server_box: list[GracefulServer] = []
-    app = create_app(settings, manifest, load_engine=load_engine, on_fatal=lambda reason: server_box[0].fail(reason))
+    try:
+        app = create_app(settings, manifest, load_engine=load_engine, on_fatal=lambda reason: server_box[0].fail(reason))
+    except AccessError as error:
+        print(f"service: error: {error}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -91,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         timeout_graceful_shutdown=settings.drain_seconds or None,
         timeout_keep_alive=settings.idle_timeout_seconds,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         lifespan="on",
         # uvloop and httptools (C) instead of asyncio and h11 (pure Python): about 3x less CPU per
         # request at the HTTP layer, measured with `make bench-edge` (docs/benchmarks-edge.md).

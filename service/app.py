@@ -41,7 +41,9 @@ from service.schema import (
     NotReady,
     Overloaded,
     PayloadTooLarge,
+    RateLimited,
     TranslationFailed,
+    Unauthorized,
     UnsupportedMediaType,
     encode_result,
     parse_translation_request,
@@ -60,8 +62,13 @@ class ClientGone(Exception):
     """The client closed the connection before its answer was ready."""
 
 
+# Open whatever the API keys say: probes must reach them.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
 class TranslationApp(Starlette):
-    """Starlette, with POST /translation dispatched before the middleware stack."""
+    """Starlette, with POST /translation dispatched before the middleware stack, and the API-key check
+    in front of every route but the probes."""
 
     def __init__(self, runtime: Runtime, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -69,10 +76,51 @@ class TranslationApp(Starlette):
         self.state.service = runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/translation":
-            await translation(self.runtime, scope, receive, send)
-            return
+        if scope["type"] == "http":
+            if scope["method"] == "POST" and scope["path"] == "/translation":
+                await translation(self.runtime, scope, receive, send)
+                return
+            if self.runtime.keys is not None and _needs_key(scope["path"], self.runtime):
+                try:
+                    _authorize(self.runtime, scope, _bearer(scope))
+                except Unauthorized as error:
+                    await _send(send, 401, error.body(), _new_request_id(), time.perf_counter(), _header_list(error))
+                    return
         await super().__call__(scope, receive, send)
+
+
+def _needs_key(path: str, runtime: Runtime) -> bool:
+    if path in OPEN_PATHS:
+        return False
+    return path != "/metrics" or runtime.settings.metrics_require_key
+
+
+def _bearer(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return ""
+
+
+def _authorize(runtime: Runtime, scope: Scope, authorization: str) -> str:
+    """The client's name for fair-use limits: its key's, or its address when keys are off.
+    Raises Unauthorized for a missing or wrong key (the message never hints at valid keys)."""
+    keys = runtime.keys
+    if keys is None:
+        client = scope.get("client")
+        return f"addr:{client[0]}" if client else "addr:unknown"
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key or not keys.check(key):
+        raise Unauthorized(
+            "missing or invalid API key: send `Authorization: Bearer <key>`",
+            headers={"WWW-Authenticate": 'Bearer realm="translation"'},
+        )
+    return keys.client_id(key)
+
+
+def _header_list(error: ApiError) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items()]
 
 
 def create_app(
@@ -158,6 +206,11 @@ async def translation(runtime: Runtime, scope: Scope, receive: Receive, send: Se
     try:
         if not runtime.serving:
             raise NotReady(f"the service is {runtime.status}; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        client = _authorize(runtime, scope, headers.authorization)
+        refusal = runtime.fair_use.admit_request(client)
+        if refusal is not None:
+            raise RateLimited(f"{refusal.reason}; retry shortly", headers={"Retry-After": str(refusal.retry_after)})
+        info["client"] = client
         if runtime.in_flight >= runtime.settings.max_in_flight:
             raise Overloaded("the service is at capacity; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         runtime.in_flight += 1
@@ -167,15 +220,13 @@ async def translation(runtime: Runtime, scope: Scope, receive: Receive, send: Se
         await _send(send, 200, body, request_id, started, timing, close=runtime.status == "draining")
     except ApiError as error:
         status = error.status
-        if isinstance(error, Overloaded):
+        if isinstance(error, Overloaded | RateLimited):
             # Enforce Retry-After on this connection: its next request is read only after it (see
             # service/http_protocol.py), so clients that retry at once can't starve accepted work.
-            scope[HOLD_READING] = RETRY_AFTER_SECONDS
+            scope[HOLD_READING] = float(error.headers.get("Retry-After", RETRY_AFTER_SECONDS))
         if status >= 500:
             log.error("request %s failed: %s", request_id, error.message)
-        await _send(send, status, error.body(), request_id, started, [
-            (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items()
-        ], close=runtime.status == "draining")
+        await _send(send, status, error.body(), request_id, started, _header_list(error), close=runtime.status == "draining")
     except ClientGone:
         status = 499  # nginx's code for it: nobody is left to answer
         info["client_gone"] = True
@@ -209,7 +260,8 @@ async def _translate(runtime: Runtime, headers: _Headers, receive: Receive, info
     assert pipeline is not None  # runtime.serving
     texts = [record.text for record in parsed.records]
     try:
-        result = await _unless_client_leaves(pipeline.translate(parsed.from_lang, parsed.to_lang, texts), receive)
+        work = pipeline.translate(parsed.from_lang, parsed.to_lang, texts, client=info.get("client", ""))
+        result = await _unless_client_leaves(work, receive)
     except (ApiError, ClientGone):
         raise
     except BatcherClosed as error:
@@ -260,12 +312,13 @@ async def _unless_client_leaves(work, receive: Receive):
 class _Headers:
     """The request headers the handler needs, found in one pass over the ASGI list."""
 
-    __slots__ = ("content_type", "content_length", "request_id")
+    __slots__ = ("content_type", "content_length", "request_id", "authorization")
 
     def __init__(self, scope: Scope) -> None:
         self.content_type = "application/json"
         self.content_length: int | None = None
         self.request_id = ""
+        self.authorization = ""
         for name, value in scope["headers"]:
             if name == b"content-type":
                 self.content_type = value.decode("latin-1").split(";")[0].strip().lower()
@@ -273,6 +326,8 @@ class _Headers:
                 self.content_length = int(value) if value.isdigit() else None
             elif name == b"x-request-id":
                 self.request_id = _plain_request_id(value)
+            elif name == b"authorization":
+                self.authorization = value.decode("latin-1")
 
 
 def _plain_request_id(value: bytes) -> str:

@@ -255,10 +255,11 @@ class Batcher(Generic[Item, Result]):
         with self._lock:
             for entry in batch:
                 self._forget(entry)
-        self._hand_out(batch, results, error, started, seconds)
+        # Hooks first (metrics), so that a caller who has its answer also finds it counted.
         _call_hook(self._on_batch, BatchStats(len(batch), sum(e.cost for e in batch), seconds, error is not None))
         for entry in batch:
             _call_hook(self._on_wait, started - entry.enqueued_at)
+        self._hand_out(batch, results, error, started, seconds)
 
     def _hand_out(self, batch: list[_Entry], results: Sequence | None, error: BaseException | None, started: float, seconds: float) -> None:
         """Resolves the batch's futures on the event loop: one loop callback per batch."""

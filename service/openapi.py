@@ -109,7 +109,7 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
                     "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
                     "responses": {
                         "200": {**_json(result, "translations, one per record"), "headers": _TIMING_HEADERS},
-                        **_errors(400, 408, 413, 415, 422, 429, 500, 503),
+                        **_errors(400, 401, 408, 413, 415, 422, 429, 500, 503),
                     },
                 }
             },
@@ -144,7 +144,14 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
             },
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         },
-        "components": {"schemas": {"Error": _ERROR}},
+        "components": {
+            "schemas": {"Error": _ERROR},
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "when MT_API_KEYS_FILE is set"}
+            },
+        },
+        # Keys are optional (off by default): either a key or none. /healthz and /readyz never need one.
+        "security": [{"apiKey": []}, {}],
     }
 
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from service import segment
+from service.access import FairUse
 from service.batcher import Batcher, QueueFull, QueueTimeout
 from service.cache import Cache
 from service.engine import Engine, Job, Translation
 from service.metrics import Metrics
-from service.schema import Overloaded, PayloadTooLarge, QueueExpired
+from service.schema import Overloaded, PayloadTooLarge, QueueExpired, RateLimited
 
 RETRY_AFTER_SECONDS = 1
 # Above this many characters in a request, its CPU work leaves the event loop. Splitting and tokenizing
@@ -48,19 +49,39 @@ class PipelineResult:
 
 
 class Pipeline:
-    def __init__(self, engine: Engine, batcher: Batcher[Job, Translation], cache: Cache, metrics: Metrics, max_queue: int):
+    def __init__(
+        self,
+        engine: Engine,
+        batcher: Batcher[Job, Translation],
+        cache: Cache,
+        metrics: Metrics,
+        max_queue: int,
+        fair_use: FairUse | None = None,
+    ):
+        self._fair_use = fair_use or FairUse(rate=0, burst=1, max_sentences=0)
         self._engine = engine
         self._batcher = batcher
         self._cache = cache
         self._metrics = metrics
         self._max_queue = max_queue
 
-    async def translate(self, from_lang: str, to_lang: str, texts: list[str]) -> PipelineResult:
+    async def translate(self, from_lang: str, to_lang: str, texts: list[str], client: str = "") -> PipelineResult:
         large = sum(map(len, texts)) > INLINE_CHARS
         segmented = await off_loop_if(large, lambda: [segment.split(text) for text in texts])
         # Each distinct sentence is looked up, translated and cached once per request.
         unique = list(dict.fromkeys(s for seg in segmented for s in seg.sentences))
         self._admit(len(unique))
+        refusal = self._fair_use.hold_sentences(client, len(unique))
+        if refusal is not None:
+            raise RateLimited(f"{refusal.reason}; retry shortly", headers={"Retry-After": str(refusal.retry_after)})
+        try:
+            return await self._translate(from_lang, to_lang, segmented, unique, large)
+        finally:
+            self._fair_use.release_sentences(client, len(unique))
+
+    async def _translate(
+        self, from_lang: str, to_lang: str, segmented: list[segment.Segmented], unique: list[str], large: bool
+    ) -> PipelineResult:
         keys = [(from_lang, to_lang, sentence) for sentence in unique]
         found = await self._cache.get_many(keys)
         misses = [sentence for sentence, value in zip(unique, found) if value is None]

@@ -13,6 +13,9 @@ import os
 import threading
 from collections.abc import Callable
 
+from pathlib import Path
+
+from service.access import ApiKeys, FairUse
 from service.batcher import Batcher, BatchStats
 from service.cache import Cache, LruCache, RedisCache
 from service.engine import Engine, Job, Translation
@@ -45,6 +48,11 @@ class Runtime:
         self.metrics = Metrics()
         self.status = "starting"
         self.in_flight = 0  # requests being served; the edge refuses new ones at settings.max_in_flight
+        # API keys (None: open) and per-client limits; an unreadable keys file stops the start (AccessError).
+        self.keys = ApiKeys(Path(settings.api_keys_file)) if settings.api_keys_file else None
+        self.fair_use = FairUse(
+            rate=settings.client_rate_per_second, burst=settings.client_burst, max_sentences=settings.client_max_sentences
+        )
         self.engine: Engine | None = None
         self.batcher: Batcher[Job, Translation] | None = None
         self.cache: Cache | None = None
@@ -104,7 +112,7 @@ class Runtime:
             self.cache = _build_cache(settings, engine.fingerprint, self.metrics)
             self.batcher = _build_batcher(settings, engine, self.metrics)
             self.batcher.start()
-            self.pipeline = Pipeline(engine, self.batcher, self.cache, self.metrics, settings.max_queue)
+            self.pipeline = Pipeline(engine, self.batcher, self.cache, self.metrics, settings.max_queue, self.fair_use)
             warm_up_lang = "en" if "en" in self.languages else self.manifest.languages[0]
             await self.batcher.submit(engine.encode(WARM_UP_TEXT, warm_up_lang, warm_up_lang))
         except Exception as error:  # noqa: BLE001 - reported, and the process is told to stop

@@ -66,8 +66,18 @@ class UnsupportedLanguage(ValidationFailed):
     code = "unsupported_language"
 
 
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
 class Overloaded(ApiError):
     status, code = 429, "overloaded"
+
+
+class RateLimited(ApiError):
+    """This client is over its own share (rate or sentences in flight); others are served."""
+
+    status, code = 429, "rate_limited"
 
 
 class TranslationFailed(ApiError):
@@ -84,8 +94,8 @@ class QueueExpired(ApiError):
 
 # The status table, for the OpenAPI document and the docs: status -> (code, when).
 ERRORS: tuple[type[ApiError], ...] = (
-    BadRequest, MalformedJson, NotFound, MethodNotAllowed, RequestTimeout, PayloadTooLarge, UnsupportedMediaType,
-    ValidationFailed, UnsupportedLanguage, Overloaded, TranslationFailed, NotReady, QueueExpired, ApiError,
+    BadRequest, MalformedJson, Unauthorized, NotFound, MethodNotAllowed, RequestTimeout, PayloadTooLarge, UnsupportedMediaType,
+    ValidationFailed, UnsupportedLanguage, Overloaded, RateLimited, TranslationFailed, NotReady, QueueExpired, ApiError,
 )
 
 

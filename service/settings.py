@@ -64,6 +64,15 @@ class Settings:
     max_records: int = _opt(128, "most records in one request (more: 413)", minimum=1)
     max_text_chars: int = _opt(20000, "longest text of one record in characters (more: 413)", minimum=1)
     max_body_bytes: int = _opt(2 * 1024 * 1024, "largest request body in bytes (more: 413)", minimum=1)
+    api_keys_file: str = _opt("", "file of API keys, one per line, re-read when it changes; set = every call but "
+                              "/healthz and /readyz needs `Authorization: Bearer KEY` (empty: open)")
+    metrics_require_key: bool = _opt(False, "with API keys on, /metrics needs a key too")
+    client_rate_per_second: float = _opt(0.0, "requests/s one client (key, or address when keys are off) may send; "
+                                         "more get 429 (0 = no limit)", minimum=0)
+    client_burst: int = _opt(20, "requests a client may send at once above its rate", minimum=1)
+    client_max_sentences: int = _opt(0, "sentences one client may have in flight; more get 429 (0 = half of max_queue)", minimum=0)
+    forwarded_allow_ips: str = _opt("127.0.0.1", "proxies whose X-Forwarded-For names the client (comma-separated, "
+                                    "* = any): set it to the ingress' addresses, or per-address limits see only the proxy")
     cache_size: int = _opt(20000, "in-process LRU cache entries (0 disables it)", minimum=0)
     redis_url: str = _opt("", "Redis URL for a cache shared by all replicas, e.g. redis://redis:6379/0 (empty: none)")
     redis_timeout_ms: int = _opt(50, "Redis command timeout; slower answers count as an outage", minimum=1)
@@ -104,11 +113,13 @@ class Settings:
         resolved = dataclasses.replace(self, **filled)
         if resolved.max_in_flight == 0:
             resolved = dataclasses.replace(resolved, max_in_flight=resolved.max_queue)
+        if resolved.client_max_sentences == 0:
+            resolved = dataclasses.replace(resolved, client_max_sentences=max(1, resolved.max_queue // 2))
         return resolved
 
     @property
     def resolved(self) -> bool:
-        return all(getattr(self, name) for name in (*DEVICE_DEFAULTS["cpu"], "max_in_flight"))
+        return all(getattr(self, name) for name in (*DEVICE_DEFAULTS["cpu"], "max_in_flight", "client_max_sentences"))
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):

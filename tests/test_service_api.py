@@ -119,7 +119,7 @@ async def test_endpoints_besides_translation(client):
     document = (await client.http.get("/openapi.json")).json()
     assert set(document["paths"]) == {"/translation", "/languages", "/healthz", "/readyz", "/metrics", "/openapi.json"}
     responses = document["paths"]["/translation"]["post"]["responses"]
-    assert set(responses) == {"200", "400", "408", "413", "415", "422", "429", "500", "503"}
+    assert set(responses) == {"200", "400", "401", "408", "413", "415", "422", "429", "500", "503"}
     assert "unsupported_language" in responses["422"]["description"]
 
 
@@ -243,7 +243,9 @@ class SlowEngine:
 
 
 async def test_overload_gets_429_with_retry_after_and_accepted_requests_complete(toy_model_dir):
-    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.2), max_queue=4, max_batch_size=2, inter_threads=1)
+    # One test client stands for many: its own share (client_max_sentences) must not be what refuses it.
+    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.2), max_queue=4, max_batch_size=2, inter_threads=1,
+                    client_max_sentences=100)
     async with AppClient(app) as client:
         texts = [[f"alpha {w}"] for w in ("bravo", "charlie", "delta", "echo", "golf", "hotel", "india", "kilo", "lima", "mike")]
         responses = await asyncio.gather(*(client.translate("en", "fr", t) for t in texts))
@@ -344,7 +346,8 @@ async def test_over_the_in_flight_limit_429_comes_before_the_body_is_read(toy_mo
 
 
 async def test_a_full_queue_refuses_before_the_cache_lookup_and_tokenizing(toy_model_dir):
-    app = build_app(toy_model_dir, wrap_engine=lambda e: CountingEngine(e, 0.3), max_queue=3, max_batch_size=1, inter_threads=1)
+    app = build_app(toy_model_dir, wrap_engine=lambda e: CountingEngine(e, 0.3), max_queue=3, max_batch_size=1, inter_threads=1,
+                    client_max_sentences=100)
     async with AppClient(app) as client:
         first = asyncio.create_task(client.translate("en", "fr", ["alpha.", "bravo.", "charlie."]))
         await asyncio.sleep(0.1)  # "alpha." runs; "bravo." and "charlie." wait: room for one more
@@ -352,6 +355,7 @@ async def test_a_full_queue_refuses_before_the_cache_lookup_and_tokenizing(toy_m
         encoded = CountingEngine.encoded
         refused = await client.translate("en", "fr", ["delta echo. golf hotel."])  # two sentences
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "overloaded"
         after = (await client.http.get("/metrics")).text
         assert CountingEngine.encoded == encoded  # never tokenized
         for name in ("translation_cache_misses_total", "translation_cache_hits_total"):  # never looked up

@@ -343,13 +343,15 @@ def test_ingress_matches_the_service_limits(overlay):
 
 def test_redis_component():
     docs = render("cpu-full")
-    env = container_env(docs, server_container(docs))
-    match = re.fullmatch(r"redis://([a-z0-9-]+)\.([a-z0-9-]+)\.svc:(\d+)/\d+", env["MT_REDIS_URL"])
-    assert match, env["MT_REDIS_URL"]
-    service = one(docs, "Service", match.group(1))
-    assert service["metadata"]["namespace"] == match.group(2)
-    assert int(match.group(3)) in {p["port"] for p in service["spec"]["ports"]}
-    redis_pod = one(docs, "Deployment", match.group(1))["spec"]["template"]
+    server = server_container(docs)
+    # The URL, with the password, comes from the Secret, not from the ConfigMap.
+    assert "MT_REDIS_URL" not in one(docs, "ConfigMap", server["envFrom"][0]["configMapRef"]["name"])["data"]
+    (url,) = [item for item in server["env"] if item["name"] == "MT_REDIS_URL"]
+    assert url["valueFrom"]["secretKeyRef"] == {"name": "translation-redis", "key": "url"}
+    service = one(docs, "Service", "redis")
+    assert service["metadata"]["namespace"] == "translation"
+    assert 6379 in {p["port"] for p in service["spec"]["ports"]}
+    redis_pod = one(docs, "Deployment", "redis")["spec"]["template"]
     assert selects({"matchLabels": service["spec"]["selector"]}, redis_pod["metadata"]["labels"])
     # The server's egress rule for Redis and Redis' ingress rule match each other's pods.
     server_labels = server_deployment(docs)["spec"]["template"]["metadata"]["labels"]
@@ -363,6 +365,24 @@ def test_redis_component():
     # Third-party images are pinned by digest (ours is set per deploy by `make deploy`).
     (redis_container,) = redis_pod["spec"]["containers"]
     assert re.fullmatch(r"redis:7\.\d+-alpine@sha256:[0-9a-f]{64}", redis_container["image"])
+    # A password from the same Secret, and protected mode.
+    args = redis_container["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert args[args.index("--protected-mode") + 1] == "yes"
+    secrets = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in redis_container["env"]}
+    assert secrets["REDIS_PASSWORD"] == secrets["REDISCLI_AUTH"] == {"name": "translation-redis", "key": "password"}
+
+
+def test_api_keys_component_mounts_the_secret_where_the_service_reads_it():
+    docs = render("cpu-full")
+    server = server_container(docs)
+    keys_file = container_env(docs, server)["MT_API_KEYS_FILE"]
+    (mount,) = [m for m in server["volumeMounts"] if keys_file.startswith(m["mountPath"] + "/")]
+    assert mount["readOnly"] is True and "subPath" not in mount  # a subPath mount would never see a rotation
+    volumes = {v["name"]: v for v in server_deployment(docs)["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mount["name"]]["secret"]["secretName"] == "translation-api-keys"
+    assert keys_file.rsplit("/", 1)[1] == "api-keys"
+    assert "MT_API_KEYS_FILE" not in container_env(render("cpu"), server_container(render("cpu")))  # off by default
 
 
 def test_monitoring_objects_land_where_their_controllers_look():

@@ -21,6 +21,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from service.cache import LruCache
+
 # Seconds: from a cache hit (sub-millisecond) to a long document on a busy CPU.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 POWERS_OF_TWO = tuple(float(2**i) for i in range(0, 11))  # 1 .. 1024
@@ -76,6 +78,11 @@ class Metrics:
             "is what the HTTP edge and the pipeline cost",
         )
         registry.register(self._engine_cpu)
+        self.cache_bytes = Gauge("translation_cache_bytes", "Memory the in-process cache holds (its accounting)", registry=registry)
+        self.cache_entries = Gauge("translation_cache_entries", "Entries in the in-process cache", registry=registry)
+        self.cache_max_bytes = Gauge("translation_cache_max_bytes", "The in-process cache's byte budget", registry=registry)
+        self._cache_evictions = _CacheEvictions()
+        registry.register(self._cache_evictions)
         self._requests_by_status: dict[int, Counter] = {}
 
     def count_request(self, status: int) -> None:
@@ -84,6 +91,13 @@ class Metrics:
         if child is None:
             child = self._requests_by_status[status] = self.requests.labels(status=str(status))
         child.inc()
+
+    def watch_cache(self, cache: LruCache) -> None:
+        """The in-process cache's size against its byte budget, and its evictions."""
+        self.cache_bytes.set_function(lambda: cache.used_bytes)
+        self.cache_entries.set_function(lambda: len(cache))
+        self.cache_max_bytes.set(cache.max_bytes)
+        self._cache_evictions.cache = cache
 
     def watch_engine_threads(self, thread_ids: Iterable[int]) -> None:
         self._engine_cpu.watch(thread_ids)
@@ -120,4 +134,15 @@ class ThreadCpuCollector(Collector):
                 pass
         family = CounterMetricFamily(self._name, self._documentation)
         family.add_metric([], sum(self._last.values()))
+        yield family
+
+
+class _CacheEvictions(Collector):
+    """translation_cache_evictions_total, read from the cache's own running count."""
+
+    cache: LruCache | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("translation_cache_evictions", "Entries evicted from the in-process cache to fit its budget")
+        family.add_metric([], self.cache.evictions if self.cache is not None else 0)
         yield family

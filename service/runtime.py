@@ -141,7 +141,8 @@ def _native_thread_ids() -> set[int]:
 
 
 def _build_cache(settings: Settings, namespace: str, metrics: Metrics) -> Cache:
-    local = LruCache(settings.cache_size)
+    local = LruCache(settings.cache_size, max_bytes=settings.cache_max_bytes, max_entry_chars=settings.cache_max_entry_chars)
+    metrics.watch_cache(local)
     if not settings.redis_url:
         return local
     return RedisCache(

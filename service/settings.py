@@ -73,7 +73,11 @@ class Settings:
     client_max_sentences: int = _opt(0, "sentences one client may have in flight; more get 429 (0 = half of max_queue)", minimum=0)
     forwarded_allow_ips: str = _opt("127.0.0.1", "proxies whose X-Forwarded-For names the client (comma-separated, "
                                     "* = any): set it to the ingress' addresses, or per-address limits see only the proxy")
-    cache_size: int = _opt(20000, "in-process LRU cache entries (0 disables it)", minimum=0)
+    # Memory is bounded by bytes (the budget must fit the pod beside the model); the count cap is far
+    # above what the budget holds for ordinary sentences and stays for MT_CACHE_SIZE=0 (cache off).
+    cache_max_bytes: int = _opt(256 * 1024 * 1024, "in-process cache budget in bytes, entries' real memory (0 disables it)", minimum=0)
+    cache_max_entry_chars: int = _opt(1000, "sentences longer than this are not cached", minimum=0)
+    cache_size: int = _opt(1_000_000, "most in-process cache entries (0 disables the cache)", minimum=0)
     redis_url: str = _opt("", "Redis URL for a cache shared by all replicas, e.g. redis://redis:6379/0 (empty: none)")
     redis_timeout_ms: int = _opt(50, "Redis command timeout; slower answers count as an outage", minimum=1)
     redis_ttl_seconds: int = _opt(7 * 24 * 3600, "how long translations live in Redis", minimum=1)

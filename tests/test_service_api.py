@@ -386,3 +386,16 @@ async def test_a_sentence_that_waited_past_the_queue_timeout_gets_503_and_is_not
         assert not any("▁delta" in source for batch in calls for source in batch)
         # The service goes on: the next request is served.
         assert (await client.translate("en", "fr", ["echo golf"])).json()["result"][0]["text"] == "golf echo"
+
+
+async def test_the_cache_stays_within_its_byte_budget_and_its_metrics_move(toy_model_dir):
+    async with AppClient(build_app(toy_model_dir, cache_max_bytes=2000)) as client:
+        words = ["alpha", "bravo", "charlie", "delta", "echo", "golf", "hotel", "india"]
+        for first in words:
+            response = await client.translate("en", "fr", [f"{first} {w}" for w in words])
+            assert response.status_code == 200
+        metrics = (await client.http.get("/metrics")).text
+        assert metric_value(metrics, "translation_cache_max_bytes") == 2000
+        assert 0 < metric_value(metrics, "translation_cache_bytes") <= 2000
+        assert metric_value(metrics, "translation_cache_entries") >= 1
+        assert metric_value(metrics, "translation_cache_evictions_total") > 0  # 64 sentences don't fit 2,000 bytes

@@ -195,9 +195,11 @@ class Bench:
 
     def service_env(self, **overrides: str) -> dict[str, str]:
         """What every benchmarked service runs with: no cache (every request is real work), the decoding length
-        capped (random weights rarely emit </s>), the bench's device; then the overrides."""
+        capped (random weights rarely emit </s>), no per-client share (the load client's connections stand for
+        many clients from one address), the bench's device; then the overrides."""
         return {
             "MT_CACHE_SIZE": "0",
+            "MT_CLIENT_MAX_SENTENCES": "1000000",
             "MT_MAX_DECODING_LENGTH": str(self.max_decoding_length),
             "MT_DEVICE": self.config.device,
             **dict(self.config.service_overrides),

@@ -154,7 +154,9 @@ def probe(url: str, body: bytes, stop: threading.Event, limit: int) -> list[tupl
 
 
 def overload(config: EdgeConfig, script: Path, probe_body: bytes) -> dict:
-    env = {"MT_CACHE_SIZE": "0", "MT_MAX_QUEUE": str(config.overload_queue), "MT_LOG_LEVEL": "warning"}
+    # wrk's connections all come from one address but stand for many clients: no per-client share.
+    env = {"MT_CACHE_SIZE": "0", "MT_MAX_QUEUE": str(config.overload_queue), "MT_LOG_LEVEL": "warning",
+           "MT_CLIENT_MAX_SENTENCES": str(config.overload_queue)}
     with Service.ct2(config.model_dir, env, config.work_dir / "service-overload.log") as service:
         wrk.run(service.url, script, connections=config.connections, seconds=config.warm_up_seconds)
         capacity = wrk.run(service.url, script, connections=config.capacity_connections, seconds=config.seconds)
@@ -217,7 +219,8 @@ def run(config: EdgeConfig) -> Results:
     reference = _reference("asyncio", "h11", config.work_dir / "reference.log")
     reference_fast = _reference("uvloop", "httptools", config.work_dir / "reference-fast.log")
     # Production logging (one JSON line per request) stays on: it is part of what a request costs.
-    service = Service.ct2(config.model_dir, {"MT_CACHE_SIZE": "0", "MT_LOG_LEVEL": "info"}, config.work_dir / "service.log")
+    service = Service.ct2(config.model_dir, {"MT_CACHE_SIZE": "0", "MT_LOG_LEVEL": "info", "MT_CLIENT_MAX_SENTENCES": "100000"},
+                          config.work_dir / "service.log")
     with reference, reference_fast, service:
         for round_ in range(config.rounds):
             log(f"edge, round {round_ + 1} of {config.rounds}")

@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except AccessError as error:
         print(f"service: error: {error}", file=sys.stderr)
         return 2
+    runtime = app.runtime
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         http=protocol_class(
             header_timeout=settings.header_timeout_seconds,
             body_timeout=settings.body_timeout_seconds,
-            draining=lambda: app.state.service.status == "draining",
+            draining=lambda: runtime.status == "draining",
         ),
     )
     server = GracefulServer(config, on_draining=lambda: app.state.service.set_status("draining"), delay=settings.shutdown_delay_seconds)

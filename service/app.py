@@ -31,7 +31,7 @@ from service.engine import Engine
 from service.http_protocol import HOLD_READING
 from service.model_dir import Manifest
 from service.openapi import openapi_document
-from service.pipeline import RETRY_AFTER_SECONDS, off_loop_if
+from service.pipeline import RETRY_AFTER_SECONDS, in_thread
 from service.runtime import Runtime
 from service.schema import (
     ApiError,
@@ -254,7 +254,8 @@ async def _translate(runtime: Runtime, headers: _Headers, receive: Receive, info
     body = await _read_body(receive, headers.content_length, settings.max_body_bytes)
     large = len(body) > LARGE_BODY_BYTES
     limits = Limits(settings.max_records, settings.max_text_chars)
-    parsed = await off_loop_if(large, lambda: parse_translation_request(body, runtime.languages, limits))
+    parse_args = (body, runtime.languages, limits)
+    parsed = await in_thread(parse_translation_request, *parse_args) if large else parse_translation_request(*parse_args)
     info.update(records=len(parsed.records), from_lang=parsed.from_lang, to_lang=parsed.to_lang)
     pipeline = runtime.pipeline
     assert pipeline is not None  # runtime.serving
@@ -280,7 +281,7 @@ async def _translate(runtime: Runtime, headers: _Headers, receive: Receive, info
     timing.append((b"x-queue-time", f"{result.queue_seconds * 1000:.3f}".encode()))
     timing.append((b"x-inference-time", f"{result.inference_seconds * 1000:.3f}".encode()))
     ids = [record.id for record in parsed.records]
-    return await off_loop_if(large, lambda: encode_result(ids, result.texts))
+    return await in_thread(encode_result, ids, result.texts) if large else encode_result(ids, result.texts)
 
 
 async def _unless_client_leaves(work, receive: Receive):

@@ -47,6 +47,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     draining: Callable[[], bool] = staticmethod(lambda: False)
 
     _timer: TimerHandle | None = None
+    _timing: str = ""  # what the armed timer waits for: "head", "body" or ""
     _head_pending = False  # a request head has begun and is not complete
     _body_pending = False  # a head is complete, its body is not
     _closing_after_request = False  # the server is shutting down: serve what has begun, then close
@@ -54,30 +55,41 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # --- the connection
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm(self.header_timeout, "no complete request head")
+        self._arm("head")  # a fresh connection owes us a request head
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Timers are set here, once per chunk, not per parser event: a request that arrives whole (nearly
+        # all of them) arms and cancels nothing.
+        if self.transport.is_closing():
+            return
+        if self._head_pending:
+            if self._timing != "head":
+                self._arm("head")
+        elif self._body_pending:
+            if self._timing != "body":
+                self._arm("body")
+        elif self._timing:
+            self._disarm()
+
     # --- parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_pending = True
-        if self._timer is None:
-            self._arm(self.header_timeout, "no complete request head")
 
     def on_headers_complete(self) -> None:
         self._head_pending = False
         self._body_pending = True
-        self._arm(self.body_timeout, "the request body did not arrive in time")
         super().on_headers_complete()
         if (self._closing_after_request or self.draining()) and self.cycle is not None:
             self.cycle.keep_alive = False  # uvicorn then answers with Connection: close
 
     def on_message_complete(self) -> None:
         self._body_pending = False
-        self._disarm()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -93,18 +105,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.flow.resume_reading()
 
     # --- timeouts
-    def _arm(self, seconds: float, reason: str) -> None:
+    def _arm(self, waiting_for: str) -> None:
         self._disarm()
-        if seconds > 0:
-            self._timer = self.loop.call_later(seconds, self._timed_out, reason)
+        self._timing = waiting_for
+        if waiting_for == "head":
+            self._timer = self.loop.call_later(self.header_timeout, self._timed_out, "no complete request head")
+        else:
+            self._timer = self.loop.call_later(self.body_timeout, self._timed_out, "the request body did not arrive in time")
 
     def _disarm(self) -> None:
+        self._timing = ""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _timed_out(self, reason: str) -> None:
         self._timer = None
+        self._timing = ""
         if self.transport.is_closing():
             return
         # A fresh connection or a new request gets its 408; a request already answered (a 429 sent before

@@ -32,9 +32,10 @@ INLINE_CHARS = 4096
 T = TypeVar("T")
 
 
-async def off_loop_if(large: bool, work: Callable[[], T]) -> T:
-    """Runs `work` in a worker thread when `large`, else here: the loop pays a thread hop only when it must."""
-    return await asyncio.to_thread(work) if large else work()
+async def in_thread(work: Callable[..., T], *args) -> T:
+    """`work(*args)` in a worker thread, for large requests; small ones call `work` inline (no coroutine,
+    no thread hop: on the hot path both cost more than the work)."""
+    return await asyncio.to_thread(work, *args)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class Pipeline:
 
     async def translate(self, from_lang: str, to_lang: str, texts: list[str], client: str = "") -> PipelineResult:
         large = sum(map(len, texts)) > INLINE_CHARS
-        segmented = await off_loop_if(large, lambda: [segment.split(text) for text in texts])
+        segmented = await in_thread(_split_all, texts) if large else _split_all(texts)
         # Each distinct sentence is looked up, translated and cached once per request.
         unique = list(dict.fromkeys(s for seg in segmented for s in seg.sentences))
         self._admit(len(unique))
@@ -88,8 +89,8 @@ class Pipeline:
         self._metrics.cache_hits.inc(len(unique) - len(misses))
         self._metrics.cache_misses.inc(len(misses))
 
-        encode = self._engine.encode
-        jobs_per_sentence = await off_loop_if(large, lambda: [encode(sentence, from_lang, to_lang) for sentence in misses])
+        encode_args = (self._engine, misses, from_lang, to_lang)
+        jobs_per_sentence = await in_thread(_encode_all, *encode_args) if large else _encode_all(*encode_args)
         jobs = [job for chunk in jobs_per_sentence for job in chunk]
         if len(jobs) > self._max_queue:  # long sentences cut into chunks can still overflow it
             raise self._too_large(len(jobs))
@@ -113,9 +114,8 @@ class Pipeline:
             if value is not None:
                 translated[sentence] = value
 
-        joined = await off_loop_if(
-            large, lambda: [segment.join(seg, [translated[s] for s in seg.sentences], to_lang) for seg in segmented]
-        )
+        join_args = (segmented, translated, to_lang)
+        joined = await in_thread(_join_all, *join_args) if large else _join_all(*join_args)
         return PipelineResult(
             texts=joined,
             sentences=len(unique),
@@ -140,3 +140,15 @@ class Pipeline:
 
 def _overloaded() -> Overloaded:
     return Overloaded("the service is at capacity; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def _split_all(texts: list[str]) -> list[segment.Segmented]:
+    return [segment.split(text) for text in texts]
+
+
+def _encode_all(engine: Engine, sentences: list[str], from_lang: str, to_lang: str) -> list[list[Job]]:
+    return [engine.encode(sentence, from_lang, to_lang) for sentence in sentences]
+
+
+def _join_all(segmented: list[segment.Segmented], translated: dict[str, str], to_lang: str) -> list[str]:
+    return [segment.join(seg, [translated[s] for s in seg.sentences], to_lang) for seg in segmented]

@@ -46,7 +46,8 @@ def test_the_runtime_never_imports_torch_or_transformers():
 
 
 def test_200_concurrent_requests_get_their_translations_in_shared_batches(toy_model_dir, start_service):
-    service = start_service(toy_model_dir, env={"MT_MAX_QUEUE": "256"})  # room for all 200 at once
+    # Room for all 200 at once, and the test client stands for 200 clients (no per-client share).
+    service = start_service(toy_model_dir, env={"MT_MAX_QUEUE": "256", "MT_CLIENT_MAX_SENTENCES": "256"})
     sentences = distinct_sentences(200)
     targets = [("en", "fr", "de")[i % 3] for i in range(200)]
 

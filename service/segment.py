@@ -13,7 +13,6 @@ from dataclasses import dataclass
 # A sentence ends at ., !, ? or their full-width forms (optionally followed by closing quotes or
 # brackets) before whitespace; CJK full stops end a sentence even without a following space.
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?…])|(?<=[.!?…][\"'”’)\]]))\s+|(?<=[。！？])\s*")
-_LINE_BREAK = re.compile(r"(\s*\n\s*)")
 # Target languages written without spaces between sentences.
 NO_SPACE_LANGUAGES = frozenset({"ja", "zh", "th", "lo", "km", "my"})
 
@@ -38,9 +37,34 @@ def split(text: str) -> Segmented:
         return Segmented(lines=(), separators=(), leading=text)
     leading = text[: len(text) - len(text.lstrip())]
     trailing = text[len(text.rstrip()) :]
-    parts = _LINE_BREAK.split(stripped)
-    lines = tuple(_sentences(line) for line in parts[::2])
-    return Segmented(lines=lines, separators=tuple(parts[1::2]), leading=leading, trailing=trailing)
+    contents, separators = _lines(stripped)
+    lines = tuple(_sentences(line) for line in contents)
+    return Segmented(lines=lines, separators=separators, leading=leading, trailing=trailing)
+
+
+def _lines(text: str) -> tuple[list[str], tuple[str, ...]]:
+    """Cuts a text without surrounding whitespace at every whitespace run that holds a newline.
+
+    str.split and strip, not a regex: r"\\s*\\n\\s*" retries from every space of a long run of
+    spaces without a newline, which made 20k spaces take 0.3 s.
+    """
+    if "\n" not in text:
+        return [text], ()
+    contents: list[str] = []
+    separators: list[str] = []
+    gap: list[str] = []  # the separator so far: the previous line's tail, then blank lines
+    for piece in text.split("\n"):
+        content = piece.strip()
+        if not content:
+            gap.append(piece)
+            continue
+        head = len(piece) - len(piece.lstrip())
+        if contents:
+            gap.append(piece[:head])
+            separators.append("\n".join(gap))
+        contents.append(content)
+        gap = [piece[head + len(content) :]]
+    return contents, tuple(separators)
 
 
 def _sentences(line: str) -> tuple[str, ...]:

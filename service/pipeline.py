@@ -68,7 +68,7 @@ class Pipeline:
 
     async def translate(self, from_lang: str, to_lang: str, texts: list[str], client: str = "") -> PipelineResult:
         large = sum(map(len, texts)) > INLINE_CHARS
-        segmented = await in_thread(_split_all, texts) if large else _split_all(texts)
+        segmented = await in_thread(_split_all, texts, from_lang) if large else _split_all(texts, from_lang)
         # Each distinct sentence is looked up, translated and cached once per request.
         unique = list(dict.fromkeys(s for seg in segmented for s in seg.sentences))
         self._admit(len(unique))
@@ -142,8 +142,9 @@ def _overloaded() -> Overloaded:
     return Overloaded("the service is at capacity; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-def _split_all(texts: list[str]) -> list[segment.Segmented]:
-    return [segment.split(text) for text in texts]
+def _split_all(texts: list[str], language: str) -> list[segment.Segmented]:
+    # The source language picks the abbreviation rules ("z. B." in German, "p. ej." in Spanish).
+    return [segment.split(text, language=language) for text in texts]
 
 
 def _encode_all(engine: Engine, sentences: list[str], from_lang: str, to_lang: str) -> list[list[Job]]:

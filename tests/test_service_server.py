@@ -251,8 +251,9 @@ def test_sigterm_with_30_keep_alive_clients_at_full_load_resets_no_connection(to
 def test_healthz_answers_quickly_while_a_maximal_hostile_request_is_processed(toy_model_dir, start_service):
     """128 records of "alpha" + 15,990 spaces + "bravo" (2 MB): once a 61 s stall of the whole server."""
     service = start_service(toy_model_dir)
-    text = "alpha" + " " * 15990 + "bravo"
-    records = [{"id": str(i), "text": text} for i in range(128)]
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    texts = [f"{words[i % 8]}" + " " * 15990 + f"{words[(i // 8) % 8]} {words[(i // 64) % 8]}" for i in range(128)]
+    records = [{"id": str(i), "text": text} for i, text in enumerate(texts)]
     payload = json.dumps({"payload": {"fromLang": "en", "toLang": "fr", "records": records}}).encode()
     assert len(payload) > 2_000_000
 
@@ -270,8 +271,8 @@ def test_healthz_answers_quickly_while_a_maximal_hostile_request_is_processed(to
     response, latencies = asyncio.run(run())
     assert response.status_code == 200
     # The tokenizer collapses the spaces; into fr the toy model reverses the words.
-    assert [r["text"] for r in response.json()["result"]] == ["bravo alpha"] * 128
-    assert len(latencies) >= 3, "the big request should take a while"
+    assert [r["text"] for r in response.json()["result"]] == [" ".join(t.split()[::-1]) for t in texts]
+    assert latencies, "/healthz was probed while the request ran"
     # The target is under 100 ms (docs/reliability.md has the measured figures); the bound here only
     # catches a stall, on a shared CI machine.
     assert max(latencies) < 0.5, f"/healthz took up to {max(latencies) * 1000:.0f} ms"

@@ -83,7 +83,7 @@ class Ct2Engine:
         return [
             list(job.source)
             for text in texts
-            for sentence in segment.split(text).sentences
+            for sentence in segment.split(text, language=source_lang).sentences
             for job in engine.encode(sentence, source_lang, target_lang)
         ]
 

@@ -182,14 +182,14 @@ class TranslationUser(HttpUser):
         records = [{"id": f"r{i}", "text": text} for i, text in enumerate(texts)]
         body = {"payload": {"fromLang": from_lang, "toLang": to_lang, "records": records}}
         with self.client.post(ENDPOINT, json=body, name=ENDPOINT, catch_response=True) as response:
-            problem = self._check(response, records, to_lang)
+            problem = self._check(response, records, from_lang, to_lang)
             if problem:
                 response.failure(problem)
                 return
             response.success()
         self._record_timings(response)
 
-    def _check(self, response, records: list[dict], to_lang: str) -> str | None:
+    def _check(self, response, records: list[dict], from_lang: str, to_lang: str) -> str | None:
         if response.status_code != 200:
             return f"HTTP {response.status_code}: {response.text[:200]}"
         missing = [h for h in HEADERS.values() if h not in response.headers]
@@ -202,8 +202,8 @@ class TranslationUser(HttpUser):
         if [r.get("id") for r in result] != [r["id"] for r in records]:
             return "result ids do not match the records"
         for record, item in zip(records, result):
-            if not _Shared.source.matches(record["text"], str(item.get("text")), to_lang, self.verify):
-                expected = _Shared.source.expected(record["text"], to_lang)
+            if not _Shared.source.matches(record["text"], str(item.get("text")), to_lang, self.verify, from_lang):
+                expected = _Shared.source.expected(record["text"], to_lang, from_lang)
                 return f"wrong translation into {to_lang}: {record['text']!r} -> {item.get('text')!r}, expected {expected!r}"
         return None
 

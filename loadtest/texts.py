@@ -24,7 +24,9 @@ TEXT_SOURCES = ("toy", "english")
 # de (rotate); any of en/fr/de/es works as its source. For English-like text the pairs are what a
 # real deployment sees most: English out to several languages, and a few back into English.
 PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
-    "toy": (("en", "fr"), ("en", "de"), ("fr", "en"), ("de", "fr"), ("es", "de")),
+    # German is no toy *source*: German rules don't end a sentence before a lowercase word (right for real German,
+    # whose sentences start with a capital), and every toy sentence is lowercase.
+    "toy": (("en", "fr"), ("en", "de"), ("fr", "en"), ("es", "fr"), ("es", "de")),
     "english": (("en", "fr"), ("en", "de"), ("en", "es"), ("en", "ja"), ("de", "en"), ("fr", "en")),
 }
 
@@ -73,7 +75,7 @@ class TextSource:
                 raise RuntimeError(f"cannot draw {n} distinct {self.name} sentences")
         return out
 
-    def matches(self, text: str, translation: str, to_lang: str, mode: str = "words") -> bool:
+    def matches(self, text: str, translation: str, to_lang: str, mode: str = "words", from_lang: str | None = None) -> bool:
         """Whether `translation` is right for `text`, where that is known (toy text into en/fr/de).
 
         mode "exact": the exact expected output. mode "words": the same words, in any order and ignoring
@@ -81,15 +83,16 @@ class TextSource:
         while a service that mixed up results between records or requests gives other words.
         mode "off", or a text whose translation is unknown: always True.
         """
-        expected = None if mode == "off" else self.expected(text, to_lang)
+        expected = None if mode == "off" else self.expected(text, to_lang, from_lang)
         if expected is None:
             return True
         if mode == "exact":
             return translation == expected
         return sorted(translation.replace(".", " ").split()) == sorted(expected.replace(".", " ").split())
 
-    def expected(self, text: str, to_lang: str) -> str | None:
-        """The exact translation where it is known (toy text into en/fr/de), else None."""
+    def expected(self, text: str, to_lang: str, from_lang: str | None = None) -> str | None:
+        """The exact translation where it is known (toy text into en/fr/de), else None. Sentences are split as
+        the service splits them, with the source language's rules."""
         if self.name != "toy":
             return None
         from service import segment
@@ -97,5 +100,5 @@ class TextSource:
 
         if to_lang not in LANG_RULES:
             return None
-        segmented = segment.split(text)
+        segmented = segment.split(text, language=from_lang)
         return segment.join(segmented, [expected_translation(s, to_lang) for s in segmented.sentences], to_lang)

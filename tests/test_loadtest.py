@@ -45,7 +45,9 @@ def toy_service(toy_model_dir, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("loadtest") / "service.log"
     command = [sys.executable, "-m", "service", "--model-dir", str(toy_model_dir), "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log_file, stderr=subprocess.STDOUT)
+        # Locust's users all come from 127.0.0.1 but stand for many clients: no per-client share.
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", "MT_CLIENT_MAX_SENTENCES": "100000"}
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log_file, stderr=subprocess.STDOUT)
     handle = ServiceProcess(f"http://127.0.0.1:{port}", process, log_path)
     try:
         wait_until_ready(handle.url, process, log_path)

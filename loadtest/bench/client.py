@@ -258,7 +258,7 @@ async def _clients(
         from loadtest.texts import TextSource
 
         source = TextSource(check)
-        expected = [source.expected(text, to_lang) for text in texts]
+        expected = [source.expected(text, to_lang, from_lang) for text in texts]
     pending = list(reversed(range(len(texts))))
     samples: list[Sample] = []
     deadline = now() + time_limit

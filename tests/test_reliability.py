@@ -1,16 +1,32 @@
-"""The hostile-input set against a real service: every case, and the checks themselves, shown to catch
-what they are for."""
+"""Schemathesis and the hostile-input set against a real service; the hostile checks themselves, shown to
+catch what they are for."""
 
 from __future__ import annotations
 
 import pytest
 
 from loadtest.bench.server import Service
-from loadtest.reliability import hostile, raw
+from loadtest.reliability import hostile, raw, spec
 
 pytestmark = pytest.mark.slow
 
 HOSTILE_NAMES = [case.name for case in hostile.cases()]
+
+
+# --- schemathesis
+
+
+def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(toy_model_dir, tmp_path):
+    with Service.ct2(toy_model_dir, {}, tmp_path / "service.log") as service:
+        result = spec.run(service.url, tmp_path / "schemathesis", max_examples=40, timeout_s=120)
+        assert service.process.poll() is None
+    # The coverage phase alone derives a few hundred cases from the document; fuzzing adds ~40 per operation.
+    assert result["cases"] >= 100
+    assert {"200", "422"} <= set(result["statuses"]), "real translations and real refusals were exercised"
+    assert result["errors"] == []
+    assert result["server_errors"] == 0
+    assert result["violations"] == 0, [(f["check"], f["cases"], f["answers"]) for f in result["failures"]]
+    assert result["exit_code"] == 0
 
 
 # --- hostile inputs

@@ -1,12 +1,15 @@
-"""Schemathesis and the hostile-input set against a real service; the hostile checks themselves, shown to
-catch what they are for."""
+"""The reliability steps at small scale: schemathesis, every hostile input, a tiny overload, Redis killed
+under load, a soak of seconds; and the hostile checks themselves, shown to catch what they are for."""
 
 from __future__ import annotations
+
+import math
+import shutil
 
 import pytest
 
 from loadtest.bench.server import Service
-from loadtest.reliability import hostile, raw, spec
+from loadtest.reliability import hostile, overload, raw, redis_kill, soak, spec
 
 pytestmark = pytest.mark.slow
 
@@ -91,3 +94,44 @@ def test_the_hostile_checks_catch_what_they_are_for():
     assert hostile.check(slow, raw.Exchange([timed_out], closed=True, seconds=1.0)) == []
     assert hostile.check(slow, raw.Exchange([timed_out], closed=False, seconds=1.0)) == ["the connection was left open"]
     assert hostile.check(slow, raw.Exchange([timed_out], closed=True, seconds=9.0))
+
+
+# --- overload, Redis, soak
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (make test installs it)")
+def test_a_tiny_overload_refuses_the_flood_cheaply_and_keeps_serving(toy_model_dir, tmp_path):
+    result = overload.run(toy_model_dir, tmp_path, seconds=2, warm_up_seconds=1, queue=64, capacity_connections=32,
+                          flood_connections=400, probe_requests=50)
+    assert result["capacity_non_2xx"] == 0 and result["capacity_socket_errors"] == 0  # below the queue nobody is refused
+    assert result["flood_refused_share"] > 0  # the flood was refused, in part
+    assert result["flood_socket_errors"] == 0
+    assert result["probe"]["refused"] >= 1 and result["probe"]["other_statuses"] == []
+    assert math.isfinite(result["probe"]["refused_p50_ms"])
+    # Two seconds on a shared machine are noisy: this only catches a collapse (once 0.02 of capacity).
+    assert result["ratio"] > 0.3, result
+    assert result["alive_after"]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed (make test installs it)")
+def test_killing_redis_mid_load_fails_no_request_and_both_replicas_report_it(toy_model_dir, tmp_path):
+    result = redis_kill.run(toy_model_dir, tmp_path, clients=8, seconds=4.0, kill_at=1.5)
+    assert result["redis_keys_before_kill"] > 0, "the replicas shared their translations through Redis"
+    assert result["requests_before_kill"] > 50 and result["requests_after_kill"] > 50
+    assert result["failed"] == 0, result["failures"]
+    assert result["inexact"] == 0
+    assert result["cache_up_before"] == [1.0, 1.0]
+    assert result["cache_up_after"] == [0.0, 0.0]
+    assert all(errors >= 1 for errors in result["cache_errors_after"])
+    assert result["ready_after"] == [200, 200] and result["alive_after"] == [True, True]
+
+
+def test_a_short_soak_fails_nothing_and_memory_stays_flat(toy_model_dir, tmp_path):
+    result = soak.run(toy_model_dir, tmp_path, seconds=6.0, rate=60.0)
+    assert result["requests"] == 360
+    assert result["failed"] == 0, result["failures"]
+    assert result["cache_hits"] > 0 and result["cache_misses"] > 0
+    assert math.isfinite(result["p99_first_ms"]) and math.isfinite(result["p99_last_ms"])
+    assert result["rss_growth"] < 0.1  # 5% is the target over minutes; seconds carry more allocator noise
+    assert result["open_fds_after"] <= result["open_fds_before"] + 5
+    assert result["alive_after"]

@@ -1,15 +1,20 @@
-"""The reliability steps at small scale: schemathesis, every hostile input, a tiny overload, Redis killed
-under load, a soak of seconds; and the hostile checks themselves, shown to catch what they are for."""
+"""`make reliability` at small scale: schemathesis, every hostile input, a tiny overload, Redis killed under
+load, SIGTERM under 30 clients (through the CLI and its report), a soak of seconds; and the checks
+themselves, shown to catch what they are for."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 from loadtest.bench.server import Service
-from loadtest.reliability import hostile, overload, raw, redis_kill, soak, spec
+from loadtest.reliability import hostile, overload, raw, redis_kill, report, soak, spec
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -135,3 +140,59 @@ def test_a_short_soak_fails_nothing_and_memory_stays_flat(toy_model_dir, tmp_pat
     assert result["rss_growth"] < 0.1  # 5% is the target over minutes; seconds carry more allocator noise
     assert result["open_fds_after"] <= result["open_fds_before"] + 5
     assert result["alive_after"]
+
+
+# --- SIGTERM, through the CLI and its report
+
+
+def test_sigterm_under_30_clients_through_the_cli_resets_nothing_and_reports_it(toy_model_dir, tmp_path):
+    output, results = tmp_path / "reliability.md", tmp_path / "results.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "loadtest.reliability", "--steps", "sigterm", "--sigterm-clients", "30",
+         "--model-dir", str(toy_model_dir), "--work-dir", str(tmp_path), "--output", str(output), "--results", str(results)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    figures = json.loads(results.read_text())
+    term = figures["steps"]["sigterm"]
+    assert term["resets"] == 0, term["reset_errors"]
+    assert term["not_200"] == 0 and term["inexact"] == 0
+    assert term["answered_after_sigterm"] > 0  # the load straddled the signal
+    assert term["connection_close_answers"] > 0  # draining answers sent keep-alive clients on
+    assert term["refused_connects"] > 0 and not term["clients_hit_deadline"]  # then the listener closed
+    assert term["readyz_503_after_ms"] < 1000
+    assert term["exit_code"] == 0 and term["drained_log_line"] and term["tracebacks_in_log"] == 0
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    text = output.read_text()
+    assert "## Key figures" in text and "## Machine" in text and "## 1. SIGTERM under load" in text
+    assert "| SIGTERM under 30 keep-alive clients: resets | 0 | 0 | met |" in text
+
+
+def test_the_report_says_missed_and_not_run_and_the_cli_exits_1(monkeypatch, tmp_path):
+    results = {
+        "machine": {"cpu": "cpu", "usable_cores": 2, "memory_gib": 1.0, "commit": "abc", "load_average_at_start": "0",
+                    "versions": {}},
+        "started": "now", "command": "make reliability", "seconds": 1.0, "arguments": {},
+        "steps": {
+            "sigterm": {"clients": 30, "answered": 10, "answered_after_sigterm": 2, "not_200": 1, "not_200_statuses": [503],
+                        "inexact": 0, "resets": 2, "reset_errors": [], "refused_connects": 30, "connection_close_answers": 1,
+                        "readyz_503_after_ms": 5.0, "p99_ms": 1.0, "exit_code": 0, "exit_after_sigterm_s": 1.0,
+                        "clients_hit_deadline": False, "drained_log_line": True, "tracebacks_in_log": 0},
+            "redis": {"error": "RedisMissing: redis-server is not installed"},
+        },
+    }
+    figures = {f["figure"]: f["status"] for f in report.key_figures(results)}
+    assert figures["SIGTERM under 30 keep-alive clients: resets"] == "missed"
+    assert figures["SIGTERM: answered requests not 200 or inexact"] == "missed"
+    assert figures["SIGTERM: exit status"] == "met"
+    assert figures["step `redis`"] == "not run"
+    text = report.render(results)
+    assert "| SIGTERM under 30 keep-alive clients: resets | 2 | 0 | missed |" in text
+    assert "Could not run: `RedisMissing: redis-server is not installed`" in text
+
+    from loadtest.reliability import __main__ as cli
+
+    monkeypatch.setattr(cli, "run_step", lambda name, *_: results["steps"][name])
+    argv = ["--steps", "sigterm", "--model-dir", str(tmp_path), "--work-dir", str(tmp_path),
+            "--output", str(tmp_path / "r.md"), "--results", str(tmp_path / "r.json")]
+    assert cli.main(argv) == 1
+    assert "missed" in (tmp_path / "r.md").read_text()

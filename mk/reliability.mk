@@ -1,0 +1,24 @@
+# Reliability (docs/reliability.md). Included by the Makefile, which defines PYTHON and venv-dev.
+#
+#   make reliability [SOAK_SECONDS=60] [RELIABILITY_ARGS=...]
+#       on the toy model on loopback, each bounded: schemathesis against /openapi.json, the hostile-input
+#       set, overload (wrk), Redis killed mid-load, SIGTERM under load, a short soak; writes
+#       docs/reliability.md and reports/reliability/results.json (~5 minutes on 2 cores); exit 1 when a
+#       target is missed (the report says which)
+#   make soak [SOAK_SECONDS=600] [SOAK_RATE=200]
+#       the soak alone: a steady mixed load at a fixed rate; failures, p99 drift, RSS growth
+#       -> reports/reliability/soak.md and soak.json
+
+SOAK_SECONDS ?=
+SOAK_RATE ?= 200
+RELIABILITY_ARGS ?=
+
+.PHONY: reliability soak
+
+reliability: venv-dev ## schemathesis, hostile inputs, overload, Redis kill, SIGTERM, soak (SOAK_SECONDS=60) -> docs/reliability.md
+	./scripts/install_system_deps.sh
+	$(PYTHON) -m loadtest.reliability --soak-seconds $(or $(SOAK_SECONDS),60) --soak-rate $(SOAK_RATE) $(RELIABILITY_ARGS)
+
+soak: venv-dev ## a steady mixed load for SOAK_SECONDS (default 600): failures, p99 drift, RSS growth -> reports/reliability/soak.md
+	$(PYTHON) -m loadtest.reliability --steps soak --soak-seconds $(or $(SOAK_SECONDS),600) --soak-rate $(SOAK_RATE) \
+		--output reports/reliability/soak.md --results reports/reliability/soak.json --command "make soak" $(RELIABILITY_ARGS)

@@ -490,7 +490,7 @@ def cases() -> list[Case]:
     add("the HTTP/2 preface", g, once(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), BAD)
     add("a TLS ClientHello", g, once(bytes.fromhex("16030100a5010000a10303") + bytes(64)), BAD)
     add("empty lines only", g, once(b"\r\n\r\n\r\n"), TIMEOUT, silent_ok=True, closes=True,
-        seconds=(HEADER_TIMEOUT_S * 0.9, HEADER_TIMEOUT_S + 3), note="blank lines before a request line are not a request head")
+        seconds=(HEADER_TIMEOUT_S * 0.9, HEADER_TIMEOUT_S + 3), note="blank lines may precede a request line, but they must not stop the head timer: otherwise one CRLF holds a connection open for good")
     add("three pipelined translations", g, once(b"".join(request(translate([s])) for s in toy_sentences(3, offset=700))),
         (OK,), responses=3, answers=tuple(exact(s, "fr") for s in toy_sentences(3, offset=700)))
     add("a translation, a 422 and a translation pipelined", g, once(request(VALID) + request(b"[]") + request(VALID)),
@@ -498,7 +498,8 @@ def cases() -> list[Case]:
     add("20 pipelined GET /healthz", g, once(request(method="GET", path="/healthz", content_type=None, length=False) * 20), (OK,), responses=20)
     add("a translation pipelined with a line that is not HTTP", g, once(request(VALID) + b"GARBAGE\r\n\r\n"), (OK, BAD), responses=2,
         answers=(ALPHA_FR, ""),
-        closes=True, note="the translation was asked first, so its answer comes first; then 400 for the garbage")
+        closes=True, note="the translation was asked first, so its answer comes first, then 400 for the garbage; a client "
+        "reads the first answer as its translation's")
 
     # --- slow clients (the service runs with 1 s head and body timeouts here)
     g = "slow clients"
@@ -558,7 +559,8 @@ def cases() -> list[Case]:
     add("5,000 headers", g, post(VALID, headers=[(f"X-H{i}", "v") for i in range(5000)]), frozenset({200, 400, 431}))
     add("a header of 1 MB", g, post(VALID, headers=[("X-Big", "v" * 1_000_000)]), frozenset({200, 400, 431}))
     add("a header of 16 MB", g, post(VALID, headers=[("X-Huge", "v" * 16_000_000)]), frozenset({400, 431}), closes=True,
-        note="a request head must have a size limit: else a few such connections hold gigabytes")
+        note="a request head needs a size limit: without one, each such connection holds its head in memory (a few "
+        "hundred such connections: gigabytes)")
     add("a NUL in a header value", g, post(VALID, headers=[("X-A", "a\x00b")]), BAD)
     add("a header line without a colon", g, once(request(VALID).replace(b"Host: 127.0.0.1", b"Host 127.0.0.1")), BAD)
     add("a space in a header name", g, post(VALID, headers=[("X A", "b")]), BAD)
@@ -576,17 +578,17 @@ def cases() -> list[Case]:
     # A server that does not upgrade serves the request as plain HTTP/1.1, body included (RFC 9110 7.8).
     # `curl --http2 http://...` sends the h2c one with every request, a POST's body too.
     add("a POST asking to upgrade to websocket", g, post(VALID, headers=[("Connection", "Upgrade"), ("Upgrade", "websocket")]),
-        frozenset({200, 400}), texts=(ALPHA_FR,))
+        frozenset({200, 400}), texts=(ALPHA_FR,), note="not a websocket handshake: served as HTTP/1.1, or refused in the JSON shape")
     add("a POST asking to upgrade to h2c (what curl --http2 sends)", g,
         post(VALID, headers=[("Connection", "Upgrade, HTTP2-Settings"), ("Upgrade", "h2c"), ("HTTP2-Settings", "AAMAAABkAAQAAP__")]),
-        OK, texts=(ALPHA_FR,))
+        OK, texts=(ALPHA_FR,), note="`curl --http2 http://.../translation -d @body.json` sends this: the body must not be dropped")
     handshake = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"),
                  ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]
     add("a websocket handshake on /healthz", g, once(request(method="GET", path="/healthz", content_type=None, length=False,
                                                             headers=handshake)), frozenset({200, 400, 404}),
         note="the service speaks no websocket: a plain answer or an error in the JSON shape")
     add("a websocket handshake on /translation", g, once(request(method="GET", content_type=None, length=False, headers=handshake)),
-        frozenset({400, 404, 405}))
+        frozenset({400, 404, 405}), note="the service speaks no websocket: an error in the JSON shape, from the README's table")
     return out
 
 

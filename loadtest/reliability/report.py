@@ -119,10 +119,10 @@ def render(results: dict) -> str:
     for f in figures:
         lines.append(f"| {f['figure']} | {f['value']} | {f['target']} | {f['status']} |")
     lines += ["", "## Commands", "", "```sh",
-              "make reliability                     # every step below, a 60 s soak (SOAK_SECONDS=...), ~5 minutes on 2 cores",
+              "make reliability                     # every step below with a 60 s soak (SOAK_SECONDS=...): ~2.5 minutes on 2 cores",
               "make soak [SOAK_SECONDS=600]         # the soak alone (10 minutes by default) -> reports/reliability/soak.md",
               "python -m loadtest.reliability --help  # steps, sizes; --steps hostile,redis runs a subset",
-              ".venv/bin/python -m pytest -q tests/test_reliability.py   # every step at small scale (~1.5 min)",
+              ".venv/bin/python -m pytest -q tests/test_reliability.py   # every step at small scale (under a minute)",
               "```", "",
               "This run: `python -m loadtest.reliability " + _arguments(results["arguments"]) + "`.", ""]
     sections = (("spec", _spec), ("hostile", _hostile), ("overload", _overload), ("redis", _redis), ("sigterm", _sigterm), ("soak", _soak))
@@ -193,9 +193,11 @@ def _hostile(number: int, h: dict) -> list[str]:
         "",
     ]
     if h["failed"]:
-        lines += ["Cases that did not get what they should:", "", "| case | got | what is wrong |", "|---|---|---|"]
+        notes = {row["name"]: row["note"] for row in h["rows"]}
+        lines += ["Cases that did not get what they should:", "", "| case | got | what is wrong | why it matters |", "|---|---|---|---|"]
         for f in h["failed"]:
-            lines.append(f"| {f['name']} | {', '.join(map(str, f['statuses'])) or 'nothing'} | {'; '.join(f['problems'])} |")
+            lines.append(f"| {f['name']} | {', '.join(map(str, f['statuses'])) or 'nothing'} | {'; '.join(f['problems'])} | "
+                         f"{notes.get(f['name'], '')} |")
         lines.append("")
     lines += ["<details><summary>Every case</summary>", "", "| group | case | expected | got | seconds |", "|---|---|---|---|---|"]
     for row in h["rows"]:

@@ -41,7 +41,7 @@ async def _clients(service: Service, *, clients: int, load_seconds: float, limit
                     refused += 1  # the listener has closed: refused before a byte was read
                     break
                 except httpx.TransportError as error:  # a reset, or a connection closed under a request
-                    resets.append(f"{type(error).__name__}: {error}")
+                    resets.append((time.monotonic() - started, f"{type(error).__name__}: {error}".strip(": ")))
                     break
                 answers.append((began - started, sentence, response.status_code, _text(response),
                                 response.headers.get("connection", ""), time.monotonic() - began))
@@ -102,7 +102,8 @@ def run(model_dir: Path, work_dir: Path, *, clients: int = 30, load_seconds: flo
         "not_200_statuses": sorted({a[2] for a in not_ok}),
         "inexact": len(inexact),
         "resets": len(resets),
-        "reset_errors": resets[:5],
+        # When each reset came, in seconds after the signal (the listener closes after the 1 s delay).
+        "reset_errors": [f"{error} at {t - outcome['signalled_at']:.3f} s" for t, error in resets[:10]],
         "refused_connects": sum(o["refused"] for o in outcome["outcomes"]),
         "connection_close_answers": sum(1 for a in answers if a[4].lower() == "close"),
         "readyz_503_after_ms": next(((t - outcome["signalled_at"]) * 1000 for t, s in readiness if s == 503), float("nan")),

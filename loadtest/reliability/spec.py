@@ -120,10 +120,11 @@ def summarize(ndjson: Path) -> dict:
                     entry["cases"] += 1
                     entry["operations"].add(label)
                     entry["answers"][_answer(interactions.get(case_id))] += 1
-                    if len(entry["examples"]) < 3:
+                    if len(entry["examples"]) < 20:
                         entry["examples"].append(_example(recorder, case_id, interactions.get(case_id)))
     for entry in failures.values():
         entry["operations"] = sorted(entry["operations"])
+        entry["examples"] = sorted(entry["examples"], key=lambda e: len(e.get("body", "")))[:3]  # the shortest first
         entry["answers"] = dict(entry["answers"].most_common(5))
     return {
         "cases": cases,

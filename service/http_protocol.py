@@ -9,7 +9,12 @@
 - Timeouts. A request head must be complete within `header_timeout` of the connection opening or of its
   first byte (slowloris), and its body within `body_timeout` of the head; otherwise the client gets 408
   and the connection closes. Idle keep-alive connections close after uvicorn's `timeout_keep_alive`.
-- Protocol errors get the service's JSON error shape (uvicorn answers them in text/plain).
+- Protocol errors get the service's JSON error shape (uvicorn answers them in text/plain), after the
+  answer to any request that came before them on the connection; a request head over MAX_HEAD_BYTES
+  gets 431 (httptools buffers a head whole, so without a bound each connection could hold megabytes).
+- Upgrade requests are served as the HTTP/1.1 they also are. The service speaks neither websocket nor
+  h2c, and RFC 9110 lets a server ignore Upgrade; but httptools stops parsing at one, dropping the body
+  of, say, `curl --http2 -d @body.json`. So an Upgrade header is renamed before the parser sees it.
 - A drain that loses nothing. While the service drains, every response says `Connection: close`, so
   keep-alive clients move elsewhere. When uvicorn then closes idle connections, a connection whose next
   request has begun to arrive is served (and closed after its response) instead of being reset; an
@@ -23,12 +28,17 @@ from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from service.schema import ApiError, BadRequest, RequestTimeout
+from service.schema import ApiError, BadRequest, HeadersTooLarge, RequestTimeout
 
 # Scope key an ASGI handler sets (seconds) on a response after which its connection is not read.
 HOLD_READING = "m2m100.hold_reading_seconds"
 # How long an idle connection may still send a request once the server has begun to close.
 DRAIN_GRACE_SECONDS = 1.0
+# The largest request head (request line and headers) read; nginx's default allows 4 x 8 KiB.
+MAX_HEAD_BYTES = 64 * 1024
+# After refusing a request mid-way, read and drop what the client still sends for this long before closing:
+# closing with unread bytes makes the kernel send a reset, which can destroy the answer before it is read.
+LINGER_SECONDS = 2.0
 
 
 def _error_response(error: ApiError) -> bytes:
@@ -51,6 +61,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _head_pending = False  # a request head has begun and is not complete
     _body_pending = False  # a head is complete, its body is not
     _closing_after_request = False  # the server is shutting down: serve what has begun, then close
+    _head_bytes = 0  # bytes received while the current request head was incomplete
+    _deferred_error: ApiError | None = None  # a protocol error to send once the request before it is answered
+    _discarding = False  # refused: what still arrives is read and dropped until the connection closes
 
     # --- the connection
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -62,17 +75,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        if not self._head_pending and not self._body_pending and b"pgrade" in data:
+            data = _ignore_upgrade(data)
         super().data_received(data)
         # Timers are set here, once per chunk, not per parser event: a request that arrives whole (nearly
         # all of them) arms and cancels nothing.
         if self.transport.is_closing():
             return
         if self._head_pending:
-            if self._timing != "head":
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(HeadersTooLarge(f"the request head is over {MAX_HEAD_BYTES} bytes"))
+            elif self._timing != "head":
                 self._arm("head")
         elif self._body_pending:
             if self._timing != "body":
                 self._arm("body")
+        elif self.cycle is None or self.cycle.response_complete:
+            # Idle, yet bytes came (blank lines before a request line, which the parser skips): they start
+            # the head clock, or a stream of empty lines would hold the connection open for good.
+            if self._timing != "head":
+                self._arm("head")
         elif self._timing:
             self._disarm()
 
@@ -80,6 +105,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_pending = True
+        self._head_bytes = 0
 
     def on_headers_complete(self) -> None:
         self._head_pending = False
@@ -94,6 +120,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # arms uvicorn's idle keep-alive timeout
+        if self._deferred_error is not None:
+            self._refuse(self._deferred_error)
+            return
         cycle = self.cycle
         hold = cycle.scope.get(HOLD_READING) if cycle is not None else None
         if hold and not self.transport.is_closing():
@@ -137,8 +166,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- errors in the JSON shape
     def send_400_response(self, msg: str) -> None:
-        self.transport.write(_error_response(BadRequest(msg)))
-        self.transport.close()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A request before the bad bytes is still being answered: its answer goes first.
+            self._deferred_error = BadRequest(msg)
+            self.flow.pause_reading()
+            return
+        self._refuse(BadRequest(msg))
+
+    def _refuse(self, error: ApiError) -> None:
+        """Answers `error` and closes: at once if the client has sent everything, else after a lingering read."""
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        self.transport.write(_error_response(error))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()  # the answer, then end of stream: the client reads both
+            self._discarding = True
+            self.flow.resume_reading()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
 
     # --- shutdown
     def shutdown(self) -> None:
@@ -165,3 +212,15 @@ def protocol_class(
         (GuardedHttpToolsProtocol,),
         {"header_timeout": header_timeout, "body_timeout": body_timeout, "draining": staticmethod(draining)},
     )
+
+
+def _ignore_upgrade(data: bytes) -> bytes:
+    """The chunk with any Upgrade header of its first request head renamed, so the parser reads the request
+    (and its body) as plain HTTP/1.1."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    lines = head.split(b"\r\n")
+    renamed = [b"X-Ignored-" + line if line[:8].lower() == b"upgrade:" else line for line in lines]
+    if renamed == lines:
+        return data
+    return b"\r\n".join(renamed) + data[len(head):]

@@ -14,11 +14,8 @@ import sys
 from collections.abc import Sequence
 from functools import cache
 
-from service.schema import ERRORS
+from service.schema import ERRORS, ID_MAXIMUM, ID_MINIMUM
 from service.settings import Settings
-
-# Integers orjson keeps exactly: signed 64-bit up to unsigned 64-bit; it reads larger ones as floats (refused, 422).
-ID_MINIMUM, ID_MAXIMUM = -(2**63), 2**64 - 1
 
 _ERROR = {
     "type": "object",
@@ -61,7 +58,7 @@ def _json(schema: dict, description: str) -> dict:
 def _document(max_records: int, max_text_chars: int, max_body_bytes: int, languages: tuple[str, ...]) -> dict:
     record_id = {
         "oneOf": [{"type": "string"}, {"type": "integer", "minimum": ID_MINIMUM, "maximum": ID_MAXIMUM}],
-        "description": "echoed unchanged; integers beyond 64 bits and fractions are refused with 422 (send them as strings)",
+        "description": "echoed (an integral number such as 2.0 as the integer it equals); fractions and integers beyond 64 bits are refused with 422 (send them as strings)",
     }
     record = {
         "type": "object",
@@ -109,7 +106,7 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
                     "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
                     "responses": {
                         "200": {**_json(result, "translations, one per record"), "headers": _TIMING_HEADERS},
-                        **_errors(400, 401, 408, 413, 415, 422, 429, 500, 503),
+                        **_errors(400, 401, 408, 413, 415, 422, 429, 431, 500, 503),
                     },
                 }
             },

@@ -50,6 +50,12 @@ class RequestTimeout(ApiError):
     status, code = 408, "request_timeout"
 
 
+class HeadersTooLarge(ApiError):
+    """The request head is over the server's limit (answered by service/http_protocol.py)."""
+
+    status, code = 431, "headers_too_large"
+
+
 class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
@@ -94,9 +100,13 @@ class QueueExpired(ApiError):
 
 # The status table, for the OpenAPI document and the docs: status -> (code, when).
 ERRORS: tuple[type[ApiError], ...] = (
-    BadRequest, MalformedJson, Unauthorized, NotFound, MethodNotAllowed, RequestTimeout, PayloadTooLarge, UnsupportedMediaType,
+    BadRequest, MalformedJson, Unauthorized, NotFound, MethodNotAllowed, RequestTimeout, PayloadTooLarge, HeadersTooLarge, UnsupportedMediaType,
     ValidationFailed, UnsupportedLanguage, Overloaded, RateLimited, TranslationFailed, NotReady, QueueExpired, ApiError,
 )
+
+
+# Integer ids orjson keeps exactly: signed 64-bit up to unsigned 64-bit.
+ID_MINIMUM, ID_MAXIMUM = -(2**63), 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -162,10 +172,13 @@ def _record(index: int, record: Any, limits: Limits) -> Record:
         raise ValidationFailed(f"missing field: {where}.id")
     record_id = record["id"]
     if isinstance(record_id, float):
-        # JSON parsers read integers beyond 64 bits (and fractions) as floats: echoing one back would change it.
-        raise ValidationFailed(
-            f"{where}.id must be a string or an integer within 64 bits, got {record_id!r}; send larger ids as strings"
-        )
+        # JSON Schema's integer includes 2.0: such an id is the integer it equals. Fractions, and numbers past
+        # 64 bits (which JSON parsers read as floats), would come back changed: refused.
+        if not (record_id.is_integer() and ID_MINIMUM <= record_id <= ID_MAXIMUM):
+            raise ValidationFailed(
+                f"{where}.id must be a string or an integer within 64 bits, got {record_id!r}; send larger ids as strings"
+            )
+        record_id = int(record_id)
     if isinstance(record_id, bool) or not isinstance(record_id, str | int):
         raise ValidationFailed(f"{where}.id must be a string or an integer, got {_type_name(record_id)}")
     if "text" not in record:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -192,3 +193,66 @@ def test_the_service_applies_its_header_timeout(toy_model_dir, start_service):
         connection.sendall(b"POST /translation HTTP/1.1\r\nHost: t\r\n")
         data, waited = read_until_closed(connection)
     assert data.startswith(b"HTTP/1.1 408") and waited < 5
+
+
+def test_blank_lines_do_not_hold_a_connection_open():
+    with TinyServer(tiny_app, header_timeout=0.4) as server, server.connect() as connection:
+        deadline = time.monotonic() + 1.5
+        closed_after = None
+        while time.monotonic() < deadline:  # an empty line every 100 ms, as a slowloris would
+            try:
+                connection.sendall(b"\r\n")
+                connection.settimeout(0.1)
+                if connection.recv(1024) == b"":
+                    closed_after = time.monotonic()
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed_after = time.monotonic()
+                break
+    assert closed_after is not None, "the connection should have been closed"
+
+
+def test_a_request_head_over_the_limit_gets_431():
+    with TinyServer(tiny_app) as server, server.connect() as connection:
+        connection.sendall(b"POST /ok HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (200 * 1024))
+        data, _ = read_until_closed(connection)
+    assert data.startswith(b"HTTP/1.1 431")
+    assert json_body(data)["error"]["code"] == "headers_too_large"
+
+
+def test_garbage_after_a_request_is_answered_after_that_request():
+    async def slow(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(0.2)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    with TinyServer(slow) as server, server.connect() as connection:
+        connection.sendall(request("/ok") + b"THIS IS NOT HTTP\r\n\r\n")
+        data, _ = read_until_closed(connection)
+    first, _, rest = data.partition(b"{}")
+    assert first.startswith(b"HTTP/1.1 200")
+    assert rest.startswith(b"HTTP/1.1 400") and json_body(rest)["error"]["code"] == "bad_request"
+
+
+def test_an_upgrade_request_is_served_as_plain_http():
+    bodies: list[bytes] = []
+
+    async def echo(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        message = await receive()
+        bodies.append(message.get("body", b""))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    body = b'{"payload": 1}'
+    head = (b"POST /ok HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    with TinyServer(echo) as server, server.connect() as connection:
+        response, _ = exchange(connection, head + body)
+    assert response.startswith(b"HTTP/1.1 200")
+    assert bodies == [body]  # what curl --http2 sends over http:// is not dropped

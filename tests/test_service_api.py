@@ -119,7 +119,7 @@ async def test_endpoints_besides_translation(client):
     document = (await client.http.get("/openapi.json")).json()
     assert set(document["paths"]) == {"/translation", "/languages", "/healthz", "/readyz", "/metrics", "/openapi.json"}
     responses = document["paths"]["/translation"]["post"]["responses"]
-    assert set(responses) == {"200", "400", "401", "408", "413", "415", "422", "429", "500", "503"}
+    assert set(responses) == {"200", "400", "401", "408", "413", "415", "422", "429", "431", "500", "503"}
     assert "unsupported_language" in responses["422"]["description"]
 
 

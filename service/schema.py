@@ -107,6 +107,8 @@ ERRORS: tuple[type[ApiError], ...] = (
 
 # Integer ids orjson keeps exactly: signed 64-bit up to unsigned 64-bit.
 ID_MINIMUM, ID_MAXIMUM = -(2**63), 2**64 - 1
+# An id written with a decimal point is a double: integral ones are exact only up to 2**53.
+FLOAT_EXACT_LIMIT = 2**53
 
 
 @dataclass(frozen=True)
@@ -172,9 +174,10 @@ def _record(index: int, record: Any, limits: Limits) -> Record:
         raise ValidationFailed(f"missing field: {where}.id")
     record_id = record["id"]
     if isinstance(record_id, float):
-        # JSON Schema's integer includes 2.0: such an id is the integer it equals. Fractions, and numbers past
-        # 64 bits (which JSON parsers read as floats), would come back changed: refused.
-        if not (record_id.is_integer() and ID_MINIMUM <= record_id <= ID_MAXIMUM):
+        # JSON Schema's integer includes 2.0: such an id is the integer it equals. Past 2**53 a double no longer
+        # holds every integer (9007199254740993.0 reads as ...992), and a fraction is no integer: both would come
+        # back changed, so they are refused.
+        if not (record_id.is_integer() and abs(record_id) < FLOAT_EXACT_LIMIT):
             raise ValidationFailed(
                 f"{where}.id must be a string or an integer within 64 bits, got {record_id!r}; send larger ids as strings"
             )

@@ -399,3 +399,14 @@ async def test_the_cache_stays_within_its_byte_budget_and_its_metrics_move(toy_m
         assert 0 < metric_value(metrics, "translation_cache_bytes") <= 2000
         assert metric_value(metrics, "translation_cache_entries") >= 1
         assert metric_value(metrics, "translation_cache_evictions_total") > 0  # 64 sentences don't fit 2,000 bytes
+
+
+async def test_an_integral_number_id_is_the_integer_it_equals_while_a_double_holds_it_exactly(client):
+    body = b'{"payload": {"fromLang": "en", "toLang": "fr", "records": [{"id": 2.0, "text": "alpha"}, {"id": -7e3, "text": "b"}]}}'
+    response = await client.http.post("/translation", content=body, headers={"content-type": "application/json"})
+    assert [r["id"] for r in response.json()["result"]] == [2, -7000]
+    for literal in (b"2.5", b"9007199254740993.0", b"1e300"):
+        body = b'{"payload": {"fromLang": "en", "toLang": "fr", "records": [{"id": ' + literal + b', "text": "a"}]}}'
+        response = await client.http.post("/translation", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, literal
+        assert "send larger ids as strings" in response.json()["error"]["message"]

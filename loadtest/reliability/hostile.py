@@ -349,7 +349,8 @@ def cases() -> list[Case]:
         ("id with a NUL and emoji", json.dumps("a\u0000😀"), OK, "a\u0000😀"),
     ]:
         add(name, g, post(with_record(f'{{"id": {literal}, "text": "{ALPHA}"}}')), expect,
-            texts=(ALPHA_FR,) if expect == OK else None, ids=(echoed,) if expect == OK else None)
+            texts=(ALPHA_FR,) if expect == OK else None, ids=(echoed,) if expect == OK else None,
+            note="the README: integers are echoed exactly within 64 bits, larger ones and fractions get 422" if expect == INVALID else "")
     # Past 2^53 a double no longer holds every integer: such an id can't come back unchanged through a float.
     add("id 2^53 + 1 written 9007199254740993.0", g, post(with_record(f'{{"id": 9007199254740993.0, "text": "{ALPHA}"}}')),
         frozenset({200, 422}), texts=(ALPHA_FR,), ids=(9007199254740993,), note="if accepted, it must come back unchanged")
@@ -473,11 +474,15 @@ def cases() -> list[Case]:
     add("chunked in 1-byte chunks", g, once(request(chunked(VALID, 1), length=False, headers=te)), OK, texts=(ALPHA_FR,))
     add("chunked with extensions and trailers", g,
         once(request(chunked(VALID, 16, ";ext=1", "X-Trailer: t\r\n"), length=False, headers=te)), OK, texts=(ALPHA_FR,))
-    add("a chunk size that is not hex", g, once(request(b"zz\r\n" + VALID + b"\r\n0\r\n\r\n", length=False, headers=te)), BAD)
-    add("a chunk size that overflows", g, once(request(b"f" * 40 + b"\r\nx\r\n0\r\n\r\n", length=False, headers=te)), BAD)
+    broken_body = "a framing error inside this request's own body: 400 at once, not 408 after MT_BODY_TIMEOUT_SECONDS"
+    add("a chunk size that is not hex", g, once(request(b"zz\r\n" + VALID + b"\r\n0\r\n\r\n", length=False, headers=te)), BAD,
+        note=broken_body)
+    add("a chunk size that overflows", g, once(request(b"f" * 40 + b"\r\nx\r\n0\r\n\r\n", length=False, headers=te)), BAD,
+        note=broken_body)
     add("Content-Length and Transfer-Encoding both", g,
         once(request(chunked(VALID), length=False, headers=[("Content-Length", "5"), *te])), BAD, closes=True)
-    add("Transfer-Encoding gzip", g, once(request(VALID, length=False, headers=[("Transfer-Encoding", "gzip")])), BAD)
+    add("Transfer-Encoding gzip", g, once(request(VALID, length=False, headers=[("Transfer-Encoding", "gzip")])), BAD,
+        note=broken_body)
     add("two different Content-Lengths", g, once(request(VALID, headers=[("Content-Length", "3")])), BAD, closes=True)
     add("a negative Content-Length", g, once(request(VALID, length=False, headers=[("Content-Length", "-1")])), BAD)
     add("a Content-Length with a plus sign", g, once(request(VALID, length=False, headers=[("Content-Length", f"+{len(VALID)}")])), BAD)

@@ -343,13 +343,15 @@ def cases() -> list[Case]:
         # parser reads as a float. Schemathesis' finding says which way to settle it; either is an answer here.
         ("id 1e3 (an exponent)", "1e3", frozenset({200, 422}), None),
         ("id 2.0 (an integer with a zero fraction)", "2.0", frozenset({200, 422}), None),
-        ("id 1.0000000000000000001 (a fraction finer than a double)", "1.0000000000000000001", INVALID, None),
+        # JSON parsers read numbers as doubles (RFC 8259 section 6), which make this 1.0: 422, or id 1.
+        ("id 1.0000000000000000001 (a fraction finer than a double)", "1.0000000000000000001", frozenset({200, 422}), 1),
         ("id -0", "-0", OK, 0),
         ("id of 100,000 characters", json.dumps("i" * 100_000), OK, "i" * 100_000),
         ("id with a NUL and emoji", json.dumps("a\u0000😀"), OK, "a\u0000😀"),
     ]:
         add(name, g, post(with_record(f'{{"id": {literal}, "text": "{ALPHA}"}}')), expect,
-            texts=(ALPHA_FR,) if expect == OK else None, ids=(echoed,) if expect == OK else None,
+            texts=(ALPHA_FR,) if 200 in expect and echoed is not None else None,
+            ids=(echoed,) if 200 in expect and echoed is not None else None,
             note="the README: integers are echoed exactly within 64 bits, larger ones and fractions get 422" if expect == INVALID else "")
     # Past 2^53 a double no longer holds every integer: such an id can't come back unchanged through a float.
     add("id 2^53 + 1 written 9007199254740993.0", g, post(with_record(f'{{"id": 9007199254740993.0, "text": "{ALPHA}"}}')),

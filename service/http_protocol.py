@@ -166,11 +166,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- errors in the JSON shape
     def send_400_response(self, msg: str) -> None:
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A request before the bad bytes is still being answered: its answer goes first.
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if answering and not self._body_pending:
+            # A whole request before the bad bytes is still being answered: its answer goes first.
             self._deferred_error = BadRequest(msg)
             self.flow.pause_reading()
             return
+        if answering:
+            # The bad bytes are inside this request's own body (say, broken chunked framing): it can never be
+            # complete. The app hears the client is gone; the client gets its 400 now, not a 408 later.
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
         self._refuse(BadRequest(msg))
 
     def _refuse(self, error: ApiError) -> None:

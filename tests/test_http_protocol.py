@@ -256,3 +256,23 @@ def test_an_upgrade_request_is_served_as_plain_http():
         response, _ = exchange(connection, head + body)
     assert response.startswith(b"HTTP/1.1 200")
     assert bodies == [body]  # what curl --http2 sends over http:// is not dropped
+
+
+def test_broken_chunked_framing_inside_a_body_gets_400_at_once():
+    seen: list[str] = []
+
+    async def reader(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                return
+
+    with TinyServer(reader, body_timeout=5) as server, server.connect() as connection:
+        connection.sendall(b"POST /ok HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZZ\r\n")
+        data, waited = read_until_closed(connection)
+    assert data.startswith(b"HTTP/1.1 400") and json_body(data)["error"]["code"] == "bad_request"
+    assert waited < 2  # not the 5 s body timeout
+    assert seen[-1] == "http.disconnect"

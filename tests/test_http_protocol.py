@@ -148,8 +148,8 @@ def test_a_slow_request_head_gets_408_in_the_error_shape_and_is_closed():
     assert waited < 3
 
 
-def test_a_slow_body_gets_408_and_the_app_hears_the_client_is_gone():
-    seen: list[str] = []
+def body_reader(seen: list[str]):
+    """An app that reads a request's body to its end, recording each ASGI message type it receives."""
 
     async def reader(scope, receive, send):
         if scope["type"] != "http":
@@ -159,6 +159,13 @@ def test_a_slow_body_gets_408_and_the_app_hears_the_client_is_gone():
             seen.append(message["type"])
             if message["type"] == "http.disconnect" or not message.get("more_body"):
                 return
+
+    return reader
+
+
+def test_a_slow_body_gets_408_and_the_app_hears_the_client_is_gone():
+    seen: list[str] = []
+    reader = body_reader(seen)
 
     with TinyServer(reader, body_timeout=0.3) as server, server.connect() as connection:
         connection.sendall(b"POST /ok HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{\"partial\":")
@@ -260,15 +267,7 @@ def test_an_upgrade_request_is_served_as_plain_http():
 
 def test_broken_chunked_framing_inside_a_body_gets_400_at_once():
     seen: list[str] = []
-
-    async def reader(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        while True:
-            message = await receive()
-            seen.append(message["type"])
-            if message["type"] == "http.disconnect" or not message.get("more_body"):
-                return
+    reader = body_reader(seen)
 
     with TinyServer(reader, body_timeout=5) as server, server.connect() as connection:
         connection.sendall(b"POST /ok HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZZ\r\n")

@@ -280,7 +280,8 @@ def _soak(number: int, s: dict) -> list[str]:
         f"{_n(s['p99_last_ms'], 1)} ms. RSS (median of each window) {_n(s['rss_after_warm_up_mib'], 1)} → "
         f"{_n(s['rss_end_mib'], 1)} MiB ({_n(s['rss_growth'] * 100, 1)}%), peak {_n(s['rss_max_mib'], 1)} MiB; open file "
         f"descriptors {_n(s['open_fds_before'])} → {_n(s['open_fds_after'])}; cache hits {_n(s['cache_hits'])}, misses "
-        f"{_n(s['cache_misses'])}.",
+        f"{_n(s['cache_misses'])}. Load average at the end: {s.get('load_average_at_end', 'n/a')} (the service and the "
+        "client use about one of the cores; more means other work shared the machine and the latencies with it).",
         "",
         "RSS over the run (MiB): " + " ".join(f"{v:g}" for v in series[:: max(1, len(series) // 12)]),
     ]

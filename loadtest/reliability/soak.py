@@ -19,9 +19,14 @@ entries of toy sentences takes minutes to fill at this rate) but something that 
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import random
 import threading
 import time
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.reliability.common import Service, body, log, quantile, rss_mib, scrape
@@ -53,17 +58,35 @@ def _request(rng: random.Random, source: TextSource, pool: list[str], fresh) -> 
     return body(texts, "en", target), texts, target, 200
 
 
-async def _drive(url: str, *, seconds: float, rate: float, max_in_flight: int, seed: int) -> tuple[list, int]:
+@dataclass
+class Samples:
+    """One entry per request, in flat arrays: a ten-minute run keeps 120,000 of them, and as many tuples
+    would give the client's garbage collector pauses that show up as the service's latency."""
+
+    scheduled: array = field(default_factory=lambda: array("d"))  # seconds after the start
+    seconds: array = field(default_factory=lambda: array("d"))
+    failures: Counter = field(default_factory=Counter)  # what went wrong -> how often
+    late: int = 0  # starts that found max_in_flight requests outstanding
+
+    def add(self, scheduled: float, seconds: float, problem: str) -> None:
+        self.scheduled.append(scheduled)
+        self.seconds.append(seconds)
+        if problem:
+            self.failures[problem] += 1
+
+
+async def _drive(url: str, *, seconds: float, rate: float, max_in_flight: int, seed: int) -> Samples:
     import httpx
 
     rng = random.Random(seed)
     source = TextSource("toy")
     pool = source.sentences(300, seed=seed + 1)
-    fresh = iter(source.sentences(int(seconds * rate * 5) + 1000, seed=seed + 2))
+    fresh_rng = random.Random(seed + 2)
+    fresh = iter(lambda: source.sentence(fresh_rng), None)  # endless, nearly all distinct
     total = int(seconds * rate)
     slots = asyncio.Semaphore(max_in_flight)
-    samples: list[tuple[float, float, int, bool, str]] = []  # (scheduled t, seconds, status, ok, problem)
-    late = 0
+    samples = Samples()
+    pending: set[asyncio.Task] = set()
     limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
 
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
@@ -72,7 +95,7 @@ async def _drive(url: str, *, seconds: float, rate: float, max_in_flight: int, s
             try:
                 response = await http.post("/translation", json=document)
             except httpx.HTTPError as error:
-                samples.append((scheduled, time.monotonic() - began, 0, False, type(error).__name__))
+                samples.add(scheduled, time.monotonic() - began, type(error).__name__)
                 return
             finally:
                 slots.release()
@@ -84,21 +107,28 @@ async def _drive(url: str, *, seconds: float, rate: float, max_in_flight: int, s
                 got = [r["text"] for r in response.json()["result"]]
                 if got != [source.expected(t, target) for t in texts]:
                     problem = "inexact translation"
-            samples.append((scheduled, elapsed, response.status_code, not problem, problem))
+            samples.add(scheduled, elapsed, problem)
 
+        gc.collect()
+        gc.freeze()  # what exists now lives to the end: keep it out of every collection
         started = time.monotonic()
-        tasks = []
-        for i in range(total):
-            scheduled = i / rate
-            delay = started + scheduled - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if slots.locked():
-                late += 1
-            await slots.acquire()
-            tasks.append(asyncio.create_task(one(scheduled, *_request(rng, source, pool, fresh))))
-        await asyncio.gather(*tasks)
-    return samples, late
+        try:
+            for i in range(total):
+                scheduled = i / rate
+                delay = started + scheduled - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if slots.locked():
+                    samples.late += 1
+                await slots.acquire()
+                task = asyncio.create_task(one(scheduled, *_request(rng, source, pool, fresh)))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*pending)
+        finally:
+            gc.unfreeze()
+    return samples
 
 
 def _code(response) -> str:
@@ -130,7 +160,7 @@ def run(model_dir: Path, work_dir: Path, *, seconds: float = 60.0, rate: float =
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
-            samples, late = asyncio.run(_drive(service.url, seconds=seconds, rate=rate, max_in_flight=max_in_flight, seed=seed))
+            samples = asyncio.run(_drive(service.url, seconds=seconds, rate=rate, max_in_flight=max_in_flight, seed=seed))
         finally:
             stop.set()
             sampler.join(5)
@@ -139,26 +169,25 @@ def run(model_dir: Path, work_dir: Path, *, seconds: float = 60.0, rate: float =
         alive = service.process.poll() is None
     window = seconds / 10
     warm_up = min(max(5.0, window), seconds / 3)
-    first = [s[1] * 1000 for s in samples if warm_up <= s[0] < warm_up + window]
-    last = [s[1] * 1000 for s in samples if s[0] >= seconds - window]
+    latencies = [x * 1000 for x in samples.seconds]
+    first = [ms for t, ms in zip(samples.scheduled, latencies) if warm_up <= t < warm_up + window]
+    last = [ms for t, ms in zip(samples.scheduled, latencies) if t >= seconds - window]
     rss_first = [m for t, m in rss if warm_up <= t < warm_up + window]
     rss_last = [m for t, m in rss if t >= seconds - window]
     rss_reference, rss_final = quantile(rss_first, 0.5), quantile(rss_last, 0.5)
-    failures: dict[str, int] = {}
-    for s in samples:
-        if not s[3]:
-            failures[s[4]] = failures.get(s[4], 0) + 1
+    failures = dict(samples.failures)
+    requests = len(samples.seconds)
     result = {
         "seconds": seconds,
         "rate": rate,
-        "requests": len(samples),
-        "achieved_per_s": len(samples) / elapsed if elapsed else float("nan"),
-        "late_starts": late,
+        "requests": requests,
+        "achieved_per_s": requests / elapsed if elapsed else float("nan"),
+        "late_starts": samples.late,
         "failed": sum(failures.values()),
         "failures": failures,
-        "p50_ms": quantile([s[1] * 1000 for s in samples], 0.5),
-        "p99_ms": quantile([s[1] * 1000 for s in samples], 0.99),
-        "max_ms": max((s[1] * 1000 for s in samples), default=float("nan")),
+        "p50_ms": quantile(latencies, 0.5),
+        "p99_ms": quantile(latencies, 0.99),
+        "max_ms": max(latencies, default=float("nan")),
         "window_s": window,
         "warm_up_s": warm_up,
         "p99_first_ms": quantile(first, 0.99),
@@ -175,8 +204,10 @@ def run(model_dir: Path, work_dir: Path, *, seconds: float = 60.0, rate: float =
         "cache_misses": after.get("translation_cache_misses_total", 0.0) - before.get("translation_cache_misses_total", 0.0),
         "alive_after": alive,
         "cache_size": CACHE_SIZE,
+        # The machine may be shared: other work on it shows up as latency here, so say how busy it was.
+        "load_average_at_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    log(f"soak: {len(samples)} requests over {elapsed:.0f} s ({result['achieved_per_s']:.0f}/s), {result['failed']} failed; "
+    log(f"soak: {requests} requests over {elapsed:.0f} s ({result['achieved_per_s']:.0f}/s), {result['failed']} failed; "
         f"p99 {result['p99_first_ms']:.0f} -> {result['p99_last_ms']:.0f} ms; RSS {rss_reference:.1f} -> {rss_final:.1f} MiB "
         f"({result['rss_growth'] * 100:+.1f}%)")
     return result

@@ -161,6 +161,14 @@ class Batcher(Generic[Item, Result]):
             with self._lock:
                 for entry in entries:
                     entry.waiters -= 1
+                    if entry.waiters == 0:
+                        # Withdrawn at once, not when a worker next looks: a departed client's sentences must
+                        # not hold queue room (and turn the next request away with 429).
+                        self._forget(entry)
+                        try:
+                            self._pending.remove(entry)
+                        except ValueError:
+                            pass  # already taken into a batch
             raise
 
     def _enqueue(self, items: Sequence[Item]) -> list[_Entry]:

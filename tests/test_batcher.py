@@ -293,3 +293,23 @@ async def test_batches_keep_running_while_the_event_loop_is_busy():
     assert len(calls) == 5  # every batch ran meanwhile
     assert [(await task)[0].value for task in tasks] == [f"b{i}" for i in range(5)]
     await batcher.close()
+
+
+async def test_a_withdrawn_callers_items_free_their_queue_room_at_once():
+    run = Recorder()
+    batcher = make(run, max_queue=3)
+    run.release.clear()
+    blocker = asyncio.create_task(values(batcher, ["z"]))
+    await until(lambda: run.running == 1)
+    leaving = asyncio.create_task(values(batcher, ["a", "b", "c"]))
+    await until(lambda: batcher.queue_depth == 3)
+    assert not batcher.has_room(1)
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert batcher.queue_depth == 0 and batcher.has_room(3)  # no worker had to look first
+    run.release.set()
+    assert await blocker == ["Z"]
+    assert await values(batcher, ["d"]) == ["D"]
+    assert run.batches == [["z"], ["d"]]
+    await batcher.close()

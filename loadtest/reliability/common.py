@@ -96,6 +96,9 @@ def health(url: str, sentence: str = "alpha bravo") -> dict:
     else:
         try:
             got, document = post_json(url, body([sentence]), timeout=10)
+            if got == 429:  # a well-behaved client waits Retry-After (1 s) once: work of a client just gone may drain
+                time.sleep(1.0)
+                got, document = post_json(url, body([sentence]), timeout=10)
         except OSError as error:
             got, document = 0, None
             problem = f"translation failed: {error!r}"

@@ -17,7 +17,8 @@ RELIABILITY_ARGS ?=
 
 reliability: venv-dev ## schemathesis, hostile inputs, overload, Redis kill, SIGTERM, soak (SOAK_SECONDS=60) -> docs/reliability.md
 	./scripts/install_system_deps.sh
-	$(PYTHON) -m loadtest.reliability --soak-seconds $(or $(SOAK_SECONDS),60) --soak-rate $(SOAK_RATE) $(RELIABILITY_ARGS)
+	$(PYTHON) -m loadtest.reliability --soak-seconds $(or $(SOAK_SECONDS),60) --soak-rate $(SOAK_RATE) \
+		--command "make reliability$(if $(SOAK_SECONDS), SOAK_SECONDS=$(SOAK_SECONDS))" $(RELIABILITY_ARGS)
 
 soak: venv-dev ## a steady mixed load for SOAK_SECONDS (default 600): failures, p99 drift, RSS growth -> reports/reliability/soak.md
 	$(PYTHON) -m loadtest.reliability --steps soak --soak-seconds $(or $(SOAK_SECONDS),600) --soak-rate $(SOAK_RATE) \

@@ -283,5 +283,7 @@ def _soak(number: int, s: dict) -> list[str]:
         f"{_n(s['cache_misses'])}. Load average at the end: {s.get('load_average_at_end', 'n/a')} (the service and the "
         "client use about one of the cores; more means other work shared the machine and the latencies with it).",
         "",
+        "p99 by tenth of the run (ms): " + " ".join(f"{v:g}" for v in s.get("p99_by_tenth_ms", [])),
+        "",
         "RSS over the run (MiB): " + " ".join(f"{v:g}" for v in series[:: max(1, len(series) // 12)]),
     ]

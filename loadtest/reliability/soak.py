@@ -193,6 +193,9 @@ def run(model_dir: Path, work_dir: Path, *, seconds: float = 60.0, rate: float =
         "p99_first_ms": quantile(first, 0.99),
         "p99_last_ms": quantile(last, 0.99),
         "p99_drift": quantile(last, 0.99) / quantile(first, 0.99) if first and last else float("nan"),
+        # The whole curve, one p99 per tenth of the run: a trend shows here, a passing disturbance too.
+        "p99_by_tenth_ms": [round(quantile([ms for t, ms in zip(samples.scheduled, latencies)
+                                            if k * window <= t < (k + 1) * window], 0.99), 1) for k in range(10)],
         "rss_after_warm_up_mib": rss_reference,
         "rss_end_mib": rss_final,
         "rss_max_mib": max((m for _, m in rss), default=float("nan")),

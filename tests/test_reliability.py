@@ -108,14 +108,15 @@ def test_the_hostile_checks_catch_what_they_are_for():
 def test_a_tiny_overload_refuses_the_flood_cheaply_and_keeps_serving(toy_model_dir, tmp_path):
     result = overload.run(toy_model_dir, tmp_path, seconds=2, warm_up_seconds=1, queue=64, capacity_connections=32,
                           flood_connections=400, probe_requests=50)
-    assert result["capacity_non_2xx"] == 0 and result["capacity_socket_errors"] == 0  # below the queue nobody is refused
-    assert result["flood_refused_share"] > 0  # the flood was refused, in part
-    assert result["flood_socket_errors"] == 0
-    assert result["probe"]["refused"] >= 1 and result["probe"]["other_statuses"] == []
-    assert math.isfinite(result["probe"]["refused_p50_ms"])
-    # Two seconds on a shared machine are noisy: this only catches a collapse (once 0.02 of capacity).
-    assert result["ratio"] > 0.3, result
-    assert result["alive_after"]
+    figures = json.dumps(result)  # every assertion shows them: two seconds on a shared machine are noisy
+    assert result["capacity_non_2xx"] == 0 and result["capacity_socket_errors"] == 0, figures  # below the queue nobody is refused
+    assert result["flood_refused_share"] > 0, figures  # the flood was refused, in part
+    assert result["flood_socket_errors"] == 0, figures
+    assert result["probe"]["refused"] >= 1 and result["probe"]["other_statuses"] == [], figures
+    assert math.isfinite(result["probe"]["refused_p50_ms"]), figures
+    # This only catches a collapse (once 0.02 of capacity), not the 0.7 target of the full run.
+    assert result["ratio"] > 0.3, figures
+    assert result["alive_after"], figures
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed (make test installs it)")

@@ -175,6 +175,48 @@ def test_alerts_cover_the_failure_modes():
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
 
 
+# Drift (issue 10): what arrives and what comes out changes while every request still answers 200.
+DRIFT_ALERTS = {
+    # alert: what its expression must contain (the signal, and the guards that make it meaningful)
+    "TranslationLengthRatioOutOfBand": (
+        "rate(translation_length_ratio_sum", "rate(translation_length_ratio_count", "< 0.5", "> 2",
+    ),
+    "TranslationLanguageMismatchHigh": (
+        "rate(translation_language_mismatches_total", "translation_language_checks_total", "> 0.2",
+        "increase(translation_language_checks_total",
+    ),
+    "TranslationUnknownPiecesSpike": (
+        "rate(translation_unknown_pieces_total", "rate(translation_source_pieces_total", "[1d]", "3 *",
+    ),
+    "TranslationSourceLanguageDominating": (
+        "sum by (namespace, language) (rate(translation_source_sentences_total", "offset", "> 0.8", ">= 0.5",
+    ),
+}  # fmt: skip
+
+
+def test_alerts_cover_drift():
+    groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
+    rules = {rule["alert"]: rule for group in groups for rule in group["rules"] if "alert" in rule}
+    unit_tests = yaml.safe_load(RULES_TESTS.read_text())["tests"]
+    cases = [test for case in unit_tests for test in case.get("alert_rule_test", [])]
+    for name, needles in DRIFT_ALERTS.items():
+        assert name in rules, f"no alert {name}"
+        rule = rules[name]
+        expr = " ".join(rule["expr"].split())
+        for needle in needles:
+            assert needle in expr, f"{name}: {needle!r} not in {expr}"
+        # Per-pod series are summed before any ratio or comparison, and a traffic floor guards each.
+        summed = re.findall(r"sum by \([\w, ]*\) \((?:rate|increase)\(", expr)
+        assert len(summed) == expr.count("rate(") + expr.count("increase("), f"{name}: a rate not summed: {expr}"
+        assert " and on (namespace)" in expr, f"{name}: no traffic floor"
+        assert rule.get("for"), f"{name} has no for:"
+        assert rule["labels"]["severity"] in {"critical", "warning"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        # alerts.test.yml shows it firing, and staying quiet (normal traffic or too little of it).
+        outcomes = {bool(test.get("exp_alerts")) for test in cases if test["alertname"] == name}
+        assert outcomes == {True, False}, f"alerts.test.yml must show {name} both firing and not firing"
+
+
 def test_dashboard_shows_the_service():
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["uid"] and dashboard["title"]
@@ -193,10 +235,42 @@ def test_dashboard_shows_the_service():
         "rate(translation_cache_hits_total",  # cache hit ratio
         "rate(translation_cache_misses_total",
         'status=~"5.."',  # errors
+        # drift
+        "sum by (language, mode) (rate(translation_source_sentences_total",  # source language mix
+        "sum by (language) (rate(translation_target_sentences_total",  # target language mix
+        "translation_source_length_tokens_bucket",  # source length
+        "translation_length_ratio_bucket",  # length ratio quantiles
+        "rate(translation_length_ratio_sum",  # and its mean (what the alert uses)
+        "rate(translation_unknown_pieces_total",  # unknown-piece rate
+        "rate(translation_source_pieces_total",
+        "rate(translation_language_mismatches_total",  # mismatch rate
+        "rate(translation_language_checks_total",
+        "sum by (outcome) (rate(translation_language_detections_total",  # detection outcomes
+        "sum by (status) (rate(translation_detect_requests_total",  # POST /detect
+        "translation_build_info",  # what runs
     ):
         assert needle in joined, needle
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert all(t.get("expr") for t in panel.get("targets", [])), panel["title"]
+    # The drift panels sit under their own (expanded) row.
+    rows = [panel for panel in dashboard["panels"] if panel["type"] == "row"]
+    drift = next((row for row in rows if row["title"] == "Drift"), None)
+    assert drift is not None and not drift.get("collapsed"), "no expanded Drift row"
+    below = [p for p in dashboard["panels"] if p["gridPos"]["y"] > drift["gridPos"]["y"]]
+    titles = " ".join(p["title"] for p in below)
+    for title in (
+        "source language", "target language", "Source length", "Length ratio", "Unknown-piece", "mismatch",
+        "detections", "Build info",
+    ):  # fmt: skip
+        assert title in titles, f"no Drift panel about {title!r}"
+    # No two panels overlap.
+    cells = set()
+    for panel in dashboard["panels"]:
+        g = panel["gridPos"]
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & mine and g["x"] + g["w"] <= 24, f"{panel['title']} overlaps another panel"
+        cells |= mine
 
 
 # --- metric names --------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.load(argv, os.environ)
         manifest = read_manifest(settings.model_dir)
+        settings.check_languages(manifest.languages)
         # Fail fast on a device or compute type that can't work, before listening.
         device = resolve_device(settings.device)
         compute_type = resolve_compute_type(device, settings.compute_type)

@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -26,6 +26,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from service import languages
 from service.batcher import BatcherClosed
 from service.engine import Engine
 from service.http_protocol import HOLD_READING
@@ -45,7 +46,9 @@ from service.schema import (
     TranslationFailed,
     Unauthorized,
     UnsupportedMediaType,
+    encode_detections,
     encode_result,
+    parse_detect_request,
     parse_translation_request,
 )
 from service.settings import Settings
@@ -77,8 +80,8 @@ class TranslationApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if scope["method"] == "POST" and scope["path"] == "/translation":
-                await translation(self.runtime, scope, receive, send)
+            if scope["method"] == "POST" and scope["path"] in POST_HANDLERS:
+                await POST_HANDLERS[scope["path"]](self.runtime, scope, receive, send)
                 return
             if self.runtime.keys is not None and _needs_key(scope["path"], self.runtime):
                 try:
@@ -142,8 +145,17 @@ def create_app(
         finally:
             await runtime.stop()
 
+    detectable = languages.detectable(manifest.languages)
+    language_list = {
+        "languages": list(manifest.languages),  # the first contract's field: codes only
+        "details": [
+            {"code": code, "name": languages.name(code), "source": True, "target": True, "detectable": code in detectable}
+            for code in manifest.languages
+        ],
+    }
+
     async def languages_route(request: Request) -> Response:
-        return JSONResponse({"languages": list(manifest.languages)})
+        return JSONResponse(language_list)
 
     async def healthz(request: Request) -> Response:
         alive = runtime.alive
@@ -162,6 +174,9 @@ def create_app(
     async def translation_route(scope: Scope, receive: Receive, send: Send) -> None:
         await translation(runtime, scope, receive, send)  # reached only when the fast dispatch is bypassed
 
+    async def detect_route(scope: Scope, receive: Receive, send: Send) -> None:
+        await detection(runtime, scope, receive, send)  # likewise
+
     async def http_error(request: Request, error: HTTPException) -> Response:
         if error.status_code == 404:
             return _error_response(NotFound(f"no route {request.url.path}; see /openapi.json"))
@@ -179,6 +194,7 @@ def create_app(
         runtime,
         routes=[
             Route("/translation", translation_route, methods=["POST"]),
+            Route("/detect", detect_route, methods=["POST"]),
             Route("/languages", languages_route, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
@@ -193,10 +209,24 @@ def create_app(
     return app
 
 
-# --- POST /translation, as a plain ASGI handler
+# --- POST /translation and POST /detect, as plain ASGI handlers
+
+# The work of one endpoint: (runtime, headers, receive, log fields, timing headers) -> response body.
+Work = Callable[[Runtime, "_Headers", Receive, dict, list], Awaitable[bytes]]
 
 
 async def translation(runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+    await _serve(runtime, scope, receive, send, _translate, runtime.metrics.count_request)
+
+
+async def detection(runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+    await _serve(runtime, scope, receive, send, _detect, runtime.metrics.count_detect_request)
+
+
+async def _serve(
+    runtime: Runtime, scope: Scope, receive: Receive, send: Send, work: Work, count: Callable[[int], None]
+) -> None:
+    """What every POST endpoint shares: readiness, key, fair use, the in-flight bound, errors, metrics, the log."""
     started = time.perf_counter()
     headers = _Headers(scope)
     request_id = headers.request_id or _new_request_id()
@@ -215,7 +245,7 @@ async def translation(runtime: Runtime, scope: Scope, receive: Receive, send: Se
             raise Overloaded("the service is at capacity; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         runtime.in_flight += 1
         counted = True
-        body = await _translate(runtime, headers, receive, info, timing)
+        body = await work(runtime, headers, receive, info, timing)
         status = 200
         await _send(send, 200, body, request_id, started, timing, close=runtime.status == "draining")
     except ApiError as error:
@@ -232,15 +262,15 @@ async def translation(runtime: Runtime, scope: Scope, receive: Receive, send: Se
         info["client_gone"] = True
     except Exception:  # noqa: BLE001 - never a traceback to the client
         status = 500
-        log.exception("unexpected error on /translation (request %s)", request_id)
+        log.exception("unexpected error on %s (request %s)", scope["path"], request_id)
         await _send(send, 500, ApiError("internal error; see the server log").body(), request_id, started, [])
     finally:
         if counted:
             runtime.in_flight -= 1
     elapsed = time.perf_counter() - started
-    metrics = runtime.metrics
-    metrics.count_request(status)
-    metrics.request_duration.observe(elapsed)
+    count(status)
+    if work is _translate:
+        runtime.metrics.request_duration.observe(elapsed)
     if request_log.isEnabledFor(logging.INFO):
         info["status"] = status
         info["latency_ms"] = round(elapsed * 1000, 3)
@@ -281,7 +311,24 @@ async def _translate(runtime: Runtime, headers: _Headers, receive: Receive, info
     timing.append((b"x-queue-time", f"{result.queue_seconds * 1000:.3f}".encode()))
     timing.append((b"x-inference-time", f"{result.inference_seconds * 1000:.3f}".encode()))
     ids = [record.id for record in parsed.records]
-    return await in_thread(encode_result, ids, result.texts) if large else encode_result(ids, result.texts)
+    encode_args = (ids, result.texts, result.detections)
+    return await in_thread(encode_result, *encode_args) if large else encode_result(*encode_args)
+
+
+async def _detect(runtime: Runtime, headers: _Headers, receive: Receive, info: dict, timing: list) -> bytes:
+    settings = runtime.settings
+    if headers.content_type not in ("application/json", ""):
+        raise UnsupportedMediaType(f"content-type must be application/json, got {headers.content_type}")
+    body = await _read_body(receive, headers.content_length, settings.max_body_bytes)
+    limits = Limits(settings.max_records, settings.max_text_chars)
+    # Detection reads at most DEFAULT_MAX_CHARS of each text: the bound that decides a thread hop.
+    large = len(body) > LARGE_BODY_BYTES
+    texts = await in_thread(parse_detect_request, body, limits) if large else parse_detect_request(body, limits)
+    info.update(texts=len(texts))
+    pipeline = runtime.pipeline
+    assert pipeline is not None  # runtime.serving
+    detections = await in_thread(pipeline.detect, texts) if large else pipeline.detect(texts)
+    return encode_detections(detections)
 
 
 async def _unless_client_leaves(work, receive: Receive):
@@ -383,6 +430,10 @@ async def _send(
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+# POST routes served ahead of Starlette (the hot paths).
+POST_HANDLERS = {"/translation": translation, "/detect": detection}
 
 
 def _error_response(error: ApiError) -> Response:

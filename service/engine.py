@@ -6,6 +6,7 @@ Only ctranslate2 and sentencepiece are imported: no torch, no transformers at ru
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import ctranslate2
 import sentencepiece
 
-from service.model_dir import SENTENCEPIECE_NAME, Manifest
+from service.model_dir import SENTENCEPIECE_NAME, VOCABULARY_NAME, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,10 @@ class Engine:
         *,
         beam_size: int,
         max_decoding_length: int,
+        vocabulary: frozenset[str] | None = None,
     ) -> None:
+        """`vocabulary`: the CTranslate2 model's tokens; pieces outside it are unknown to the model
+        (translation_unknown_pieces_total). None: SentencePiece's own unknown id decides."""
         self._translator = translator
         self._tokenizer = tokenizer
         self.manifest = manifest
@@ -56,6 +60,7 @@ class Engine:
         self.max_decoding_length = max_decoding_length
         tokens = manifest.special_tokens
         self._eos = tokens.eos
+        self._vocabulary = vocabulary
         self._language_tokens = {lang: tokens.language_token(lang) for lang in manifest.languages}
         # A chunk must fit the encoder (language token and </s> included) and should be short
         # enough that its translation fits max_decoding_length.
@@ -92,7 +97,11 @@ class Engine:
         except (RuntimeError, ValueError) as error:
             raise EngineError(f"cannot load the model from {model_dir}: {error}") from None
         tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(Path(model_dir) / SENTENCEPIECE_NAME))
-        return cls(translator, tokenizer, manifest, beam_size=beam_size, max_decoding_length=max_decoding_length)
+        vocabulary = _read_vocabulary(Path(model_dir) / VOCABULARY_NAME)
+        return cls(
+            translator, tokenizer, manifest,
+            beam_size=beam_size, max_decoding_length=max_decoding_length, vocabulary=vocabulary,
+        )  # fmt: skip
 
     @property
     def device(self) -> str:
@@ -118,6 +127,15 @@ class Engine:
             for start in range(0, len(pieces), step)
         ]
 
+    def unknown_pieces(self, job: Job) -> int:
+        """Source pieces of `job` the model has no embedding for (they reach it as <unk>)."""
+        pieces = job.source[1:-1] if job.source[-1] == self._eos else job.source[1:]
+        if self._vocabulary is not None:
+            vocabulary = self._vocabulary
+            return sum(1 for piece in pieces if piece not in vocabulary)
+        unk = self._tokenizer.unk_id()
+        return sum(1 for piece in pieces if self._tokenizer.piece_to_id(piece) == unk)
+
     def translate(self, jobs: list[Job]) -> list[Translation]:
         """One engine call for the whole batch (blocking; run it in a worker thread)."""
         results = self._translator.translate_batch(
@@ -132,6 +150,14 @@ class Engine:
             tokens = tuple(result.hypotheses[0][1:])  # drop the target-language prefix
             translations.append(Translation(tokens, self._tokenizer.decode_pieces(list(tokens))))
         return translations
+
+
+def _read_vocabulary(path: Path) -> frozenset[str] | None:
+    try:
+        return frozenset(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as error:
+        log.warning("cannot read the vocabulary %s (%s): unknown pieces are SentencePiece's own", path, error)
+        return None
 
 
 def resolve_device(device: str) -> str:

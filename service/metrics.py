@@ -6,14 +6,16 @@ separately (queue, inference, whole request) and sizes use power-of-two buckets.
 
 from __future__ import annotations
 
+import collections
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    Info,
     GCCollector,
     PlatformCollector,
     ProcessCollector,
@@ -22,11 +24,15 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from service.cache import LruCache
+from service.detect import OUTCOMES, Detection
 
 # Seconds: from a cache hit (sub-millisecond) to a long document on a busy CPU.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 POWERS_OF_TWO = tuple(float(2**i) for i in range(0, 11))  # 1 .. 1024
 TOKEN_BUCKETS = tuple(float(2**i) for i in range(2, 15))  # 4 .. 16384
+# Output/input tokens of one sentence: a healthy pair sits near 1 (0.6-1.6 for most language pairs);
+# a model that stops early or loops shows up at the ends.
+RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0)
 
 
 class Metrics:
@@ -84,6 +90,99 @@ class Metrics:
         self._cache_evictions = _CacheEvictions()
         registry.register(self._cache_evictions)
         self._requests_by_status: dict[int, Counter] = {}
+        self.detect_requests = Counter(
+            "translation_detect_requests", "Language detection requests (POST /detect) by HTTP status", ["status"],
+            registry=registry,
+        )
+        self._detect_requests_by_status: dict[int, Counter] = {}
+        self._drift_metrics(registry)
+
+    def _drift_metrics(self, registry: CollectorRegistry) -> None:
+        """What arrives and what comes out, to notice drift (docs/contracts.md; alerts in k8s/components/monitoring)."""
+        self.source_sentences = Counter(
+            "translation_source_sentences", "Distinct sentences per request by source language (detected in auto mode)",
+            ["language", "mode"], registry=registry,
+        )
+        self.target_sentences = Counter(
+            "translation_target_sentences", "Distinct sentences per request by target language", ["language"],
+            registry=registry,
+        )
+        self.source_length = Histogram(
+            "translation_source_length_tokens", "SentencePiece pieces of each sentence the engine translates",
+            buckets=POWERS_OF_TWO, registry=registry,
+        )
+        self.length_ratio = Histogram(
+            "translation_length_ratio", "Output tokens / input tokens of each sentence the engine translates",
+            buckets=RATIO_BUCKETS, registry=registry,
+        )
+        self.source_pieces = Counter(
+            "translation_source_pieces", "SentencePiece pieces of the sentences the engine translates", registry=registry
+        )
+        self.unknown_pieces = Counter(
+            "translation_unknown_pieces", "Of translation_source_pieces_total, those the model's vocabulary lacks",
+            registry=registry,
+        )
+        self.language_checks = Counter(
+            "translation_language_checks", "Explicit-mode sentences sampled for language detection", registry=registry
+        )
+        self.language_mismatches = Counter(
+            "translation_language_mismatches",
+            "Sampled explicit-mode sentences confidently detected as another language than fromLang", registry=registry,
+        )
+        self.detections = Counter(
+            "translation_language_detections", "Texts run through language detection, by outcome", ["outcome"],
+            registry=registry,
+        )
+        self.build_info = Info(
+            "translation_build", "The service version and the model it serves", registry=registry
+        )
+        self._sentence_children: dict[tuple[str, str], Counter] = {}
+        self._target_children: dict[str, Counter] = {}
+        self._detection_children = {outcome: self.detections.labels(outcome=outcome) for outcome in OUTCOMES}
+
+    def count_sentences(self, pairs: Sequence[tuple[str, str]], from_lang: str, to_lang: str) -> None:
+        """A request's distinct (source language, sentence) pairs; `from_lang` "auto" counts them as auto mode."""
+        if not pairs:
+            return
+        if from_lang == "auto":
+            for language, count in collections.Counter(language for language, _ in pairs).items():
+                self._sentence_child(language, "auto").inc(count)
+        else:
+            self._sentence_child(from_lang, "explicit").inc(len(pairs))
+        child = self._target_children.get(to_lang)
+        if child is None:
+            child = self._target_children[to_lang] = self.target_sentences.labels(language=to_lang)
+        child.inc(len(pairs))
+
+    def _sentence_child(self, language: str, mode: str) -> Counter:
+        child = self._sentence_children.get((language, mode))
+        if child is None:
+            child = self._sentence_children[(language, mode)] = self.source_sentences.labels(language=language, mode=mode)
+        return child
+
+    def count_detections(self, detections: Iterable[Detection]) -> None:
+        for outcome, count in collections.Counter(d.outcome for d in detections).items():
+            self._detection_children[outcome].inc(count)
+
+    def count_language_check(self, mismatch: bool) -> None:
+        self.language_checks.inc()
+        if mismatch:
+            self.language_mismatches.inc()
+
+    def observe_engine_sentences(self, lengths: Sequence[int], outputs: Sequence[int], unknown: int) -> None:
+        """One engine call's sentences: source pieces (language token and </s> excluded) and output tokens."""
+        for length, output in zip(lengths, outputs):
+            self.source_length.observe(length)
+            if length:
+                self.length_ratio.observe(output / length)
+        self.source_pieces.inc(sum(lengths))
+        self.unknown_pieces.inc(unknown)
+
+    def count_detect_request(self, status: int) -> None:
+        child = self._detect_requests_by_status.get(status)
+        if child is None:
+            child = self._detect_requests_by_status[status] = self.detect_requests.labels(status=str(status))
+        child.inc()
 
     def count_request(self, status: int) -> None:
         """One finished request (the labelled child is looked up once per status, not per request)."""

@@ -15,10 +15,11 @@ from pathlib import Path
 
 MANIFEST_NAME = "manifest.json"
 SENTENCEPIECE_NAME = "sentencepiece.bpe.model"
+VOCABULARY_NAME = "shared_vocabulary.json"
 FORMAT_VERSION = 1
 # The files a complete model directory must hold; the CTranslate2 vocabulary file name is the
 # one CTranslate2 4.x writes for models with a shared source/target vocabulary.
-REQUIRED_FILES = ("model.bin", "config.json", "shared_vocabulary.json", SENTENCEPIECE_NAME, MANIFEST_NAME)
+REQUIRED_FILES = ("model.bin", "config.json", VOCABULARY_NAME, SENTENCEPIECE_NAME, MANIFEST_NAME)
 
 
 class ModelDirError(ValueError):

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from functools import cache
 
-from service.schema import ERRORS, ID_MAXIMUM, ID_MINIMUM
+from service import __version__
+from service.schema import AUTO, ERRORS, ID_MAXIMUM, ID_MINIMUM
 from service.settings import Settings
 
 _ERROR = {
@@ -73,6 +74,23 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
         "properties": {"id": record_id, "text": {"type": "string"}},
     }
     language = {"type": "string", "enum": list(languages)}
+    detected = {
+        "type": "object",
+        "required": ["language", "confidence"],
+        "properties": {
+            "language": {"type": "string", "description": "a language code; in /detect, also one the model lacks"},
+            "confidence": {
+                "type": "number", "minimum": 0, "maximum": 1,
+                "description": "0 when the text had no letters or no confident guess: then the language is the fallback (MT_AUTO_FALLBACK_LANG)",
+            },
+        },
+    }  # fmt: skip
+    translated_auto = {
+        **translated,
+        "required": ["id", "text", "detectedLanguage"],
+        "properties": {**translated["properties"], "detectedLanguage": detected},
+        "description": 'with fromLang "auto" only: what was detected for this record',
+    }
     request = {
         "type": "object",
         "required": ["payload"],
@@ -82,7 +100,11 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
                 "required": ["fromLang", "toLang", "records"],
                 "description": "unknown fields are ignored",
                 "properties": {
-                    "fromLang": {**language, "description": "source language code (GET /languages)"},
+                    "fromLang": {
+                        "type": "string",
+                        "enum": [AUTO, *languages],
+                        "description": f'source language code (GET /languages), or "{AUTO}": each record\'s language is detected',
+                    },
                     "toLang": {**language, "description": "target language code (GET /languages)"},
                     "records": {"type": "array", "maxItems": max_records, "items": record},
                 },
@@ -93,11 +115,43 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
     result = {
         "type": "object",
         "required": ["result"],
-        "properties": {"result": {"type": "array", "items": translated, "description": "one per record, in order"}},
+        "properties": {
+            "result": {
+                "type": "array",
+                # Explicit mode answers exactly the first contract's items; auto mode adds detectedLanguage.
+                "items": {"anyOf": [translated, translated_auto]},
+                "description": "one per record, in order",
+            }
+        },
+    }
+    detect_request = {
+        "type": "object",
+        "required": ["texts"],
+        "description": "unknown fields are ignored",
+        "properties": {"texts": {"type": "array", "maxItems": max_records, "items": {"type": "string", "maxLength": max_text_chars}}},
+    }
+    detect_result = {
+        "type": "object",
+        "required": ["result"],
+        "properties": {"result": {"type": "array", "items": detected, "description": "one per text, in order"}},
+    }
+    language_details = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["code", "name", "source", "target", "detectable"],
+            "properties": {
+                "code": language,
+                "name": {"type": "string", "description": "English name"},
+                "source": {"type": "boolean", "description": "usable as fromLang"},
+                "target": {"type": "boolean", "description": "usable as toLang"},
+                "detectable": {"type": "boolean", "description": f'fromLang "{AUTO}" and /detect can name it'},
+            },
+        },
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "M2M100 translation service", "version": "1.0.0"},
+        "info": {"title": "M2M100 translation service", "version": __version__},
         "paths": {
             "/translation": {
                 "post": {
@@ -110,13 +164,31 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
                     },
                 }
             },
+            "/detect": {
+                "post": {
+                    "summary": "Detect the language of texts",
+                    "description": f"Same limits and errors as /translation; bodies over {max_body_bytes} bytes get 413.",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": detect_request}}},
+                    "responses": {
+                        "200": _json(detect_result, "one detection per text"),
+                        **_errors(400, 401, 408, 413, 415, 422, 429, 431, 500, 503),
+                    },
+                }
+            },
             "/languages": {
                 "get": {
-                    "summary": "Supported language codes",
+                    "summary": "Supported languages: codes, and names with their uses",
                     "responses": {
                         "200": _json(
-                            {"type": "object", "properties": {"languages": {"type": "array", "items": language}}},
-                            "the codes fromLang and toLang accept",
+                            {
+                                "type": "object",
+                                "required": ["languages", "details"],
+                                "properties": {
+                                    "languages": {"type": "array", "items": language},
+                                    "details": language_details,
+                                },
+                            },
+                            "languages: the codes fromLang and toLang accept; details: the same, named",
                         )
                     },
                 }

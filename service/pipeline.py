@@ -1,4 +1,9 @@
-"""Texts in, texts out: segment -> admit -> cache -> tokenize -> batcher -> detokenize -> cache -> join.
+"""Texts in, texts out: detect -> segment -> admit -> cache -> tokenize -> batcher -> detokenize -> cache -> join.
+
+fromLang "auto": each text's language is detected on its own (service/detect.py), so one request
+may mix languages; its sentences are cached under the detected language and share engine calls with
+every other pair. In explicit mode, every `check_every`-th sentence is detected too, to count
+clients that send another language than they declare (translation_language_mismatches_total).
 
 Refuse before work: the sentence count is known right after splitting, so a request that cannot fit
 the queue is refused (413 if it never could, 429 if not now) before any cache lookup or tokenizing;
@@ -20,14 +25,19 @@ from service import segment
 from service.access import FairUse
 from service.batcher import Batcher, QueueFull, QueueTimeout
 from service.cache import Cache
+from service.detect import Detection, LanguageDetector
 from service.engine import Engine, Job, Translation
+from service.languages import name
 from service.metrics import Metrics
-from service.schema import Overloaded, PayloadTooLarge, QueueExpired, RateLimited
+from service.schema import AUTO, Overloaded, PayloadTooLarge, QueueExpired, RateLimited, UnsupportedLanguage
 
 RETRY_AFTER_SECONDS = 1
 # Above this many characters in a request, its CPU work leaves the event loop. Splitting and tokenizing
 # run at a few hundred ns per character, so 4,096 characters stay well under a millisecond inline.
 INLINE_CHARS = 4096
+# A sampled sentence counts as a mismatch only when the detector is this sure: short sentences and
+# names are often guessed wrong with low confidence, and would make the signal noise.
+MISMATCH_CONFIDENCE = 0.8
 
 T = TypeVar("T")
 
@@ -47,6 +57,15 @@ class PipelineResult:
     output_tokens: int
     queue_seconds: float
     inference_seconds: float
+    detections: list[Detection] | None = None  # auto mode: one per text
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    languages: list[str]  # each text's source language
+    segmented: list[segment.Segmented]
+    unique: list[tuple[str, str]]  # distinct (language, sentence) pairs, in order
+    detections: list[Detection] | None
 
 
 class Pipeline:
@@ -58,8 +77,13 @@ class Pipeline:
         metrics: Metrics,
         max_queue: int,
         fair_use: FairUse | None = None,
+        detector: LanguageDetector | None = None,
+        check_every: int = 0,
     ):
         self._fair_use = fair_use or FairUse(rate=0, burst=1, max_sentences=0)
+        self._detector = detector
+        self._check_every = check_every if detector is not None else 0
+        self._sampled = 0  # sentences seen in explicit mode, for the 1-in-check_every sample
         self._engine = engine
         self._batcher = batcher
         self._cache = cache
@@ -67,29 +91,74 @@ class Pipeline:
         self._max_queue = max_queue
 
     async def translate(self, from_lang: str, to_lang: str, texts: list[str], client: str = "") -> PipelineResult:
+        """`from_lang` may be AUTO: then each text's language is detected (UnsupportedLanguage if the
+        model lacks it) and the result carries the detections."""
         large = sum(map(len, texts)) > INLINE_CHARS
-        segmented = await in_thread(_split_all, texts, from_lang) if large else _split_all(texts, from_lang)
-        # Each distinct sentence is looked up, translated and cached once per request.
-        unique = list(dict.fromkeys(s for seg in segmented for s in seg.sentences))
+        prepared = await in_thread(self._prepare, texts, from_lang) if large else self._prepare(texts, from_lang)
+        unique = prepared.unique
         self._admit(len(unique))
         refusal = self._fair_use.hold_sentences(client, len(unique))
         if refusal is not None:
             raise RateLimited(f"{refusal.reason}; retry shortly", headers={"Retry-After": str(refusal.retry_after)})
+        self._metrics.count_sentences(unique, from_lang, to_lang)
         try:
-            return await self._translate(from_lang, to_lang, segmented, unique, large)
+            return await self._translate(to_lang, prepared, large)
         finally:
             self._fair_use.release_sentences(client, len(unique))
 
-    async def _translate(
-        self, from_lang: str, to_lang: str, segmented: list[segment.Segmented], unique: list[str], large: bool
-    ) -> PipelineResult:
-        keys = [(from_lang, to_lang, sentence) for sentence in unique]
+    def detect(self, texts: list[str]) -> list[Detection]:
+        """Each text's language (POST /detect); CPU work: callers run large requests in a thread."""
+        if self._detector is None:
+            raise RuntimeError("language detection is not loaded")
+        detections = [self._detector.detect(text) for text in texts]
+        self._metrics.count_detections(detections)
+        return detections
+
+    def _prepare(self, texts: list[str], from_lang: str) -> _Prepared:
+        detections = None
+        if from_lang == AUTO:
+            detections = self.detect(texts)
+            for index, detection in enumerate(detections):
+                if detection.outcome == "unsupported":
+                    raise UnsupportedLanguage(
+                        f"payload.records[{index}].text looks like {name(detection.language)} ({detection.language}, "
+                        f"confidence {detection.confidence}), which the model cannot translate; "
+                        "send fromLang explicitly if the detection is wrong"
+                    )
+            languages = [detection.language for detection in detections]
+        else:
+            languages = [from_lang] * len(texts)
+        # The source language picks the abbreviation rules ("z. B." in German, "p. ej." in Spanish).
+        segmented = [segment.split(text, language=language) for text, language in zip(texts, languages)]
+        # Each distinct sentence is looked up, translated and cached once per request.
+        unique = list(dict.fromkeys((lang, s) for lang, seg in zip(languages, segmented) for s in seg.sentences))
+        if detections is None and self._check_every:
+            self._check_sample(unique, from_lang)
+        return _Prepared(languages, segmented, unique, detections)
+
+    def _check_sample(self, unique: list[tuple[str, str]], declared: str) -> None:
+        """Detects every check_every-th sentence of the running count; a cheap drift signal."""
+        assert self._detector is not None
+        every, first = self._check_every, self._sampled
+        self._sampled += len(unique)
+        for index in range(-first % every, len(unique), every):
+            detection = self._detector.detect(unique[index][1])
+            mismatch = (
+                detection.outcome != "fallback"
+                and detection.language != declared
+                and detection.confidence >= MISMATCH_CONFIDENCE
+            )
+            self._metrics.count_language_check(mismatch)
+
+    async def _translate(self, to_lang: str, prepared: _Prepared, large: bool) -> PipelineResult:
+        unique = prepared.unique
+        keys = [(lang, to_lang, sentence) for lang, sentence in unique]
         found = await self._cache.get_many(keys)
-        misses = [sentence for sentence, value in zip(unique, found) if value is None]
+        misses = [pair for pair, value in zip(unique, found) if value is None]
         self._metrics.cache_hits.inc(len(unique) - len(misses))
         self._metrics.cache_misses.inc(len(misses))
 
-        encode_args = (self._engine, misses, from_lang, to_lang)
+        encode_args = (self._engine, misses, to_lang)
         jobs_per_sentence = await in_thread(_encode_all, *encode_args) if large else _encode_all(*encode_args)
         jobs = [job for chunk in jobs_per_sentence for job in chunk]
         if len(jobs) > self._max_queue:  # long sentences cut into chunks can still overflow it
@@ -104,17 +173,18 @@ class Pipeline:
             ) from None
 
         glue = "" if to_lang in segment.NO_SPACE_LANGUAGES else " "
-        translated, position = {}, 0
-        for sentence, chunk in zip(misses, jobs_per_sentence):
+        translated: dict[tuple[str, str], str] = {}
+        position = 0
+        for pair, chunk in zip(misses, jobs_per_sentence):
             parts = outcomes[position : position + len(chunk)]
-            translated[sentence] = glue.join(outcome.value.text for outcome in parts)
+            translated[pair] = glue.join(outcome.value.text for outcome in parts)
             position += len(chunk)
-        await self._cache.set_many([((from_lang, to_lang, s), t) for s, t in translated.items()])
-        for sentence, value in zip(unique, found):
+        await self._cache.set_many([((lang, to_lang, s), t) for (lang, s), t in translated.items()])
+        for pair, value in zip(unique, found):
             if value is not None:
-                translated[sentence] = value
+                translated[pair] = value
 
-        join_args = (segmented, translated, to_lang)
+        join_args = (prepared.languages, prepared.segmented, translated, to_lang)
         joined = await in_thread(_join_all, *join_args) if large else _join_all(*join_args)
         return PipelineResult(
             texts=joined,
@@ -124,6 +194,7 @@ class Pipeline:
             output_tokens=sum(len(outcome.value.tokens) for outcome in outcomes),
             queue_seconds=max((o.queue_seconds for o in outcomes), default=0.0),
             inference_seconds=max((o.inference_seconds for o in outcomes), default=0.0),
+            detections=prepared.detections,
         )
 
     def _admit(self, sentences: int) -> None:
@@ -142,14 +213,14 @@ def _overloaded() -> Overloaded:
     return Overloaded("the service is at capacity; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-def _split_all(texts: list[str], language: str) -> list[segment.Segmented]:
-    # The source language picks the abbreviation rules ("z. B." in German, "p. ej." in Spanish).
-    return [segment.split(text, language=language) for text in texts]
+def _encode_all(engine: Engine, pairs: list[tuple[str, str]], to_lang: str) -> list[list[Job]]:
+    return [engine.encode(sentence, lang, to_lang) for lang, sentence in pairs]
 
 
-def _encode_all(engine: Engine, sentences: list[str], from_lang: str, to_lang: str) -> list[list[Job]]:
-    return [engine.encode(sentence, from_lang, to_lang) for sentence in sentences]
-
-
-def _join_all(segmented: list[segment.Segmented], translated: dict[str, str], to_lang: str) -> list[str]:
-    return [segment.join(seg, [translated[s] for s in seg.sentences], to_lang) for seg in segmented]
+def _join_all(
+    languages: list[str], segmented: list[segment.Segmented], translated: dict[tuple[str, str], str], to_lang: str
+) -> list[str]:
+    return [
+        segment.join(seg, [translated[(lang, s)] for s in seg.sentences], to_lang)
+        for lang, seg in zip(languages, segmented)
+    ]

@@ -15,9 +15,11 @@ from collections.abc import Callable
 
 from pathlib import Path
 
+from service import __version__
 from service.access import ApiKeys, FairUse
 from service.batcher import Batcher, BatchStats
 from service.cache import Cache, LruCache, RedisCache
+from service.detect import LanguageDetector
 from service.engine import Engine, Job, Translation
 from service.metrics import Metrics
 from service.model_dir import Manifest
@@ -42,6 +44,7 @@ class Runtime:
     ) -> None:
         if not settings.resolved:
             raise ValueError("settings must be resolved for a device first (Settings.for_device)")
+        settings.check_languages(manifest.languages)
         self.settings = settings
         self.manifest = manifest
         self.languages = frozenset(manifest.languages)
@@ -57,12 +60,21 @@ class Runtime:
         self.batcher: Batcher[Job, Translation] | None = None
         self.cache: Cache | None = None
         self.pipeline: Pipeline | None = None
+        self.detector: LanguageDetector | None = None
         self._load_engine = load_engine
         self._on_fatal = on_fatal
         self._starting: asyncio.Task | None = None
         self.metrics.queue_capacity.set(settings.max_queue)
         self.metrics.queue_depth.set_function(lambda: self.batcher.queue_depth if self.batcher else 0)
         self.metrics.in_flight.set_function(lambda: self.in_flight)
+        self.metrics.build_info.info(
+            {
+                "version": __version__,
+                "model_source": manifest.source,
+                "model_revision": manifest.source_revision or "",
+                "quantization": manifest.quantization,
+            }
+        )
 
     def set_status(self, status: str) -> None:
         self.status = status
@@ -109,10 +121,14 @@ class Runtime:
         try:
             engine = await asyncio.to_thread(self._load_engine)
             self.engine = engine
+            self.detector = await asyncio.to_thread(self._load_detector)
             self.cache = _build_cache(settings, engine.fingerprint, self.metrics)
             self.batcher = _build_batcher(settings, engine, self.metrics)
             self.batcher.start()
-            self.pipeline = Pipeline(engine, self.batcher, self.cache, self.metrics, settings.max_queue, self.fair_use)
+            self.pipeline = Pipeline(
+                engine, self.batcher, self.cache, self.metrics, settings.max_queue, self.fair_use,
+                detector=self.detector, check_every=settings.language_check_every,
+            )  # fmt: skip
             warm_up_lang = "en" if "en" in self.languages else self.manifest.languages[0]
             await self.batcher.submit(engine.encode(WARM_UP_TEXT, warm_up_lang, warm_up_lang))
         except Exception as error:  # noqa: BLE001 - reported, and the process is told to stop
@@ -131,6 +147,14 @@ class Runtime:
                 self.manifest.source, engine.device, engine.compute_type, settings.inter_threads,
                 settings.intra_threads, settings.max_batch_size, settings.max_batch_tokens, settings.max_queue,
             )
+
+
+    def _load_detector(self) -> LanguageDetector:
+        detector = LanguageDetector(
+            self.languages, self.settings.auto_fallback_lang, min_confidence=self.settings.auto_min_confidence
+        )
+        detector.load()
+        return detector
 
 
 def _native_thread_ids() -> set[int]:
@@ -160,6 +184,12 @@ def _build_batcher(settings: Settings, engine: Engine, metrics: Metrics) -> Batc
         # Runs in a batcher worker thread; the engine releases the GIL while it computes.
         translations = engine.translate(jobs)
         metrics.output_tokens.inc(sum(len(t.tokens) for t in translations))
+        # Drift signals, counted once per sentence the engine translates (language token and </s> aside).
+        metrics.observe_engine_sentences(
+            [len(job.source) - 2 for job in jobs],
+            [len(translation.tokens) for translation in translations],
+            sum(engine.unknown_pieces(job) for job in jobs),
+        )
         return translations
 
     def on_batch(stats: BatchStats) -> None:

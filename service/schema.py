@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from service.detect import Detection
+
 
 class ApiError(Exception):
     status = 500
@@ -111,6 +113,10 @@ ID_MINIMUM, ID_MAXIMUM = -(2**63), 2**64 - 1
 FLOAT_EXACT_LIMIT = 2**53
 
 
+# fromLang "auto": each record's language is detected (service/detect.py).
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class Record:
     id: str | int
@@ -143,7 +149,7 @@ def parse_translation_request(body: bytes, languages: Collection[str], limits: L
         raise ValidationFailed("missing field: payload")
     if not isinstance(payload, dict):
         raise ValidationFailed(f"payload must be an object, got {_type_name(payload)}")
-    from_lang = _language(payload, "fromLang", languages)
+    from_lang = _language(payload, "fromLang", languages, allow_auto=True)
     to_lang = _language(payload, "toLang", languages)
     records = payload.get("records")
     if records is None:
@@ -155,15 +161,42 @@ def parse_translation_request(body: bytes, languages: Collection[str], limits: L
     return TranslationRequest(from_lang, to_lang, tuple(_record(i, r, limits) for i, r in enumerate(records)))
 
 
-def _language(payload: dict, name: str, languages: Collection[str]) -> str:
+def _language(payload: dict, name: str, languages: Collection[str], *, allow_auto: bool = False) -> str:
     value = payload.get(name)
     if value is None:
         raise ValidationFailed(f"missing field: payload.{name} (a language code; GET /languages lists them)")
     if not isinstance(value, str):
         raise ValidationFailed(f"payload.{name} must be a string language code, got {_type_name(value)}")
+    if value == AUTO:
+        if allow_auto:
+            return value
+        raise UnsupportedLanguage(f"payload.{name} cannot be {AUTO!r}: name the language to translate into")
     if value not in languages:
         raise UnsupportedLanguage(f"payload.{name} {value!r} is not a supported language; GET /languages lists them")
     return value
+
+
+def parse_detect_request(body: bytes, limits: Limits) -> list[str]:
+    """Parses and validates a POST /detect body, {"texts": [...]}, under the same limits as records."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise MalformedJson(f"request body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise ValidationFailed(f"request body must be a JSON object, got {_type_name(document)}")
+    texts = document.get("texts")
+    if texts is None:
+        raise ValidationFailed("missing field: texts (an array of strings)")
+    if not isinstance(texts, list):
+        raise ValidationFailed(f"texts must be an array of strings, got {_type_name(texts)}")
+    if len(texts) > limits.max_records:
+        raise PayloadTooLarge(f"texts has {len(texts)} items; the limit is {limits.max_records} per request")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValidationFailed(f"texts[{index}] must be a string, got {_type_name(text)}")
+        if len(text) > limits.max_text_chars:
+            raise PayloadTooLarge(f"texts[{index}] has {len(text)} characters; the limit is {limits.max_text_chars}")
+    return texts
 
 
 def _record(index: int, record: Any, limits: Limits) -> Record:
@@ -200,5 +233,19 @@ def _type_name(value: Any) -> str:
     )
 
 
-def encode_result(ids: list[str | int], texts: list[str]) -> bytes:
-    return orjson.dumps({"result": [{"id": i, "text": t} for i, t in zip(ids, texts, strict=True)]})
+def encode_result(ids: list[str | int], texts: list[str], detections: list[Detection] | None = None) -> bytes:
+    """The response body; in auto mode (`detections` given) each item also says what was detected."""
+    if detections is None:  # explicit mode: byte for byte the fixed contract
+        return orjson.dumps({"result": [{"id": i, "text": t} for i, t in zip(ids, texts, strict=True)]})
+    return orjson.dumps(
+        {
+            "result": [
+                {"id": i, "text": t, "detectedLanguage": {"language": d.language, "confidence": d.confidence}}
+                for i, t, d in zip(ids, texts, detections, strict=True)
+            ]
+        }
+    )
+
+
+def encode_detections(detections: list[Detection]) -> bytes:
+    return orjson.dumps({"result": [{"language": d.language, "confidence": d.confidence} for d in detections]})

@@ -81,6 +81,12 @@ class Settings:
     redis_url: str = _opt("", "Redis URL for a cache shared by all replicas, e.g. redis://redis:6379/0 (empty: none)")
     redis_timeout_ms: int = _opt(50, "Redis command timeout; slower answers count as an outage", minimum=1)
     redis_ttl_seconds: int = _opt(7 * 24 * 3600, "how long translations live in Redis", minimum=1)
+    auto_fallback_lang: str = _opt("en", 'with fromLang "auto", the language of a text with no letters or no confident '
+                                   "detection (reported with confidence 0)")
+    auto_min_confidence: float = _opt(0.2, "a detection less confident than this is no detection (the fallback applies)",
+                                      minimum=0)
+    language_check_every: int = _opt(100, "in explicit mode, detect every Nth sentence to count fromLang mismatches "
+                                     "(translation_language_mismatches_total; 0 = never)", minimum=0)
     header_timeout_seconds: float = _opt(
         10.0, "a connection must send a complete request head this soon after opening or starting it (else 408, closed)",
         minimum=0.1,
@@ -125,6 +131,13 @@ class Settings:
     def resolved(self) -> bool:
         return all(getattr(self, name) for name in (*DEVICE_DEFAULTS["cpu"], "max_in_flight", "client_max_sentences"))
 
+    def check_languages(self, languages: Sequence[str]) -> None:
+        """Checks the settings that name a language against the model's (known only once it is read)."""
+        if self.auto_fallback_lang not in languages:
+            raise SettingsError(
+                f"{_names('auto_fallback_lang')} must be one of the model's languages, got {self.auto_fallback_lang!r}"
+            )
+
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
             value, meta = getattr(self, spec.name), spec.metadata
@@ -134,6 +147,8 @@ class Settings:
                 raise SettingsError(f"{_names(spec.name)} must be one of {', '.join(meta['choices'])}, got {value!r}")
         if self.port > 65535:
             raise SettingsError(f"{_names('port')} must be at most 65535, got {self.port}")
+        if self.auto_min_confidence > 1:
+            raise SettingsError(f"{_names('auto_min_confidence')} must be at most 1, got {self.auto_min_confidence}")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(f"{_names('redis_url')} must start with redis://, rediss:// or unix://")
 

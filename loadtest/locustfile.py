@@ -7,7 +7,8 @@
 The mix (task weights): one short sentence (5), one long multi-sentence text (2), 16 short records in one
 request (2), 16 records mixing short sentences and long texts (1). A share of all texts (--repeat-share,
 default 0.3) comes from a small pool of hot texts, which the service's cache should absorb. Each request
-picks one of several language pairs (loadtest/texts.py).
+picks one of several language pairs (loadtest/texts.py); a share of requests (--auto-share, default 0.2)
+sends fromLang "auto" instead, and each of its results must carry a detectedLanguage (explicit ones must not).
 
 --text-source toy uses the toy checkpoint's words (tests/fixtures/toy_task.py) and checks every
 translation against the expected output (--verify words: the same words, which catches results mixed up
@@ -59,6 +60,8 @@ def _options(parser) -> None:
                         help="toy: the toy checkpoint's words (translations verified); english: English-like text")
     parser.add_argument("--repeat-share", type=float, default=0.3, env_var="LOCUST_REPEAT_SHARE",
                         help="share of texts drawn from a small pool of hot texts the cache should absorb")
+    parser.add_argument("--auto-share", type=float, default=0.2, env_var="LOCUST_AUTO_SHARE",
+                        help='share of requests sent with fromLang "auto" (source-language detection)')
     parser.add_argument("--wait-min", type=float, default=0.05, env_var="LOCUST_WAIT_MIN", help="think time, seconds")
     parser.add_argument("--wait-max", type=float, default=0.25, env_var="LOCUST_WAIT_MAX", help="think time, seconds")
     parser.add_argument("--verify", choices=("words", "exact", "off"), default="words", env_var="LOCUST_VERIFY",
@@ -149,6 +152,7 @@ class TranslationUser(HttpUser):
         self.rng = random.Random(random.getrandbits(64) if options is None else options.seed * 7919 + id(self))
         self.repeat_share = options.repeat_share if options else 0.3
         self.verify = options.verify if options else "words"
+        self.auto_share = options.auto_share if options else 0.2
 
     # --- texts
     def _short(self) -> str:
@@ -179,6 +183,8 @@ class TranslationUser(HttpUser):
     # --- one request, checked, with its timing headers recorded
     def _post(self, texts: list[str]) -> None:
         from_lang, to_lang = self.rng.choice(_Shared.pairs)
+        if self.rng.random() < self.auto_share:
+            from_lang = "auto"
         records = [{"id": f"r{i}", "text": text} for i, text in enumerate(texts)]
         body = {"payload": {"fromLang": from_lang, "toLang": to_lang, "records": records}}
         with self.client.post(ENDPOINT, json=body, name=ENDPOINT, catch_response=True) as response:
@@ -202,8 +208,13 @@ class TranslationUser(HttpUser):
         if [r.get("id") for r in result] != [r["id"] for r in records]:
             return "result ids do not match the records"
         for record, item in zip(records, result):
-            if not _Shared.source.matches(record["text"], str(item.get("text")), to_lang, self.verify, from_lang):
-                expected = _Shared.source.expected(record["text"], to_lang, from_lang)
+            detected = item.get("detectedLanguage")
+            if (from_lang == "auto") != isinstance(detected, dict):
+                return f"detectedLanguage {'missing' if from_lang == 'auto' else 'present'} with fromLang {from_lang}: {item}"
+            # The language the service split this text with: the detected one in auto mode.
+            source_lang = detected.get("language") if detected is not None else from_lang
+            if not _Shared.source.matches(record["text"], str(item.get("text")), to_lang, self.verify, source_lang):
+                expected = _Shared.source.expected(record["text"], to_lang, source_lang)
                 return f"wrong translation into {to_lang}: {record['text']!r} -> {item.get('text')!r}, expected {expected!r}"
         return None
 

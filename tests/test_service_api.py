@@ -117,7 +117,7 @@ async def test_endpoints_besides_translation(client):
     assert (await client.http.get("/healthz")).json() == {"status": "alive"}
     assert (await client.http.get("/readyz")).json() == {"status": "ready"}
     document = (await client.http.get("/openapi.json")).json()
-    assert set(document["paths"]) == {"/translation", "/languages", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+    assert set(document["paths"]) == {"/translation", "/detect", "/languages", "/healthz", "/readyz", "/metrics", "/openapi.json"}
     responses = document["paths"]["/translation"]["post"]["responses"]
     assert set(responses) == {"200", "400", "401", "408", "413", "415", "422", "429", "431", "500", "503"}
     assert "unsupported_language" in responses["422"]["description"]
@@ -205,7 +205,9 @@ async def test_the_served_openapi_document_is_the_committed_one(client):
     assert served == committed
     request = served["paths"]["/translation"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     languages = (await client.http.get("/languages")).json()["languages"]
-    assert request["properties"]["payload"]["properties"]["fromLang"]["enum"] == languages
+    payload = request["properties"]["payload"]["properties"]
+    assert payload["fromLang"]["enum"] == ["auto", *languages]
+    assert payload["toLang"]["enum"] == languages
 
 
 async def test_unknown_fields_are_ignored_as_documented(client):

@@ -568,6 +568,29 @@ def cases() -> list[Case]:
     ]:
         add(f"POST {name}", g, post(VALID, path=path), expect, texts=(ALPHA_FR,) if expect == OK else None)
 
+    # --- language detection (fromLang "auto", POST /detect): bounded work whatever the text
+    g = "language detection"
+    rng = random.Random(11)
+    letters = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz      ") for _ in range(MAX_TEXT))
+    for name, text, count in [
+        ("random letters, the longest texts that fit the body limit", letters, 100),
+        ("a combining mark stack on every letter", ("a" + "\u0301\u0302\u0303" * 30) * 150, 8),
+        ("right-to-left overrides and five scripts", "\u202eabc\u202d Привет مرحبا 你好 שלום " * 500, 8),
+        ("only emoji and digits", "😀123 " * 4000, 8),
+        ("private-use characters", "\ue000\ue001" * 5000, 8),
+    ]:
+        add(f"/detect: {name}", g, post(jdump({"texts": [text] * count}), path="/detect"), OK)
+        records = [{"id": str(i), "text": text} for i in range(count)]
+        # The toy model's 64 positions turn long texts into more chunks than the queue holds (413), and a text
+        # may read as a language the model lacks (422): both are documented answers, never a stall.
+        add(f"fromLang auto: {name}", g, post(jdump({"payload": {"fromLang": "auto", "toLang": "fr", "records": records}})),
+            frozenset({200, 413, 422}))
+    add("/detect: 129 texts", g, post(jdump({"texts": ["a"] * 129}), path="/detect"), TOO_LARGE)
+    add("/detect: a text that is a number", g, post(jdump({"texts": [7]}), path="/detect"), INVALID)
+    add("/detect: no texts field", g, post(jdump({"text": "hello"}), path="/detect"), INVALID)
+    add("fromLang auto with toLang auto", g, post(jdump({"payload": {"fromLang": "auto", "toLang": "auto", "records": []}})),
+        INVALID)
+
     # --- headers
     g = "headers"
     add("5,000 headers", g, post(VALID, headers=[(f"X-H{i}", "v") for i in range(5000)]), frozenset({200, 400, 431}))

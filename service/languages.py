@@ -8,6 +8,9 @@ languages the model cannot translate from.
 
 from __future__ import annotations
 
+# fromLang "auto": each text's language is detected (service/detect.py).
+AUTO = "auto"
+
 # English names of the M2M100 languages (its model card's list).
 NAMES: dict[str, str] = {
     "af": "Afrikaans", "am": "Amharic", "ar": "Arabic", "ast": "Asturian", "az": "Azerbaijani", "ba": "Bashkir",

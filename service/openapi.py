@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from functools import cache
 
 from service import __version__
-from service.schema import AUTO, ERRORS, ID_MAXIMUM, ID_MINIMUM
+from service.languages import AUTO
+from service.schema import ERRORS, ID_MAXIMUM, ID_MINIMUM
 from service.settings import Settings
 
 _ERROR = {
@@ -68,11 +69,8 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
         "properties": {"id": record_id, "text": {"type": "string", "maxLength": max_text_chars}},
     }
     # A translation may be longer than its source: no maxLength here.
-    translated = {
-        "type": "object",
-        "required": ["id", "text"],
-        "properties": {"id": record_id, "text": {"type": "string"}},
-    }
+    translated_properties = {"id": record_id, "text": {"type": "string"}}
+    translated = {"type": "object", "required": ["id", "text"], "properties": translated_properties}
     language = {"type": "string", "enum": list(languages)}
     detected = {
         "type": "object",
@@ -88,7 +86,7 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
     translated_auto = {
         **translated,
         "required": ["id", "text", "detectedLanguage"],
-        "properties": {**translated["properties"], "detectedLanguage": detected},
+        "properties": {**translated_properties, "detectedLanguage": detected},
         "description": 'with fromLang "auto" only: what was detected for this record',
     }
     request = {

@@ -23,13 +23,21 @@ from typing import TypeVar
 
 from service import segment
 from service.access import FairUse
-from service.batcher import Batcher, QueueFull, QueueTimeout
+from service.batcher import Batcher, BatcherClosed, QueueFull, QueueTimeout
 from service.cache import Cache
 from service.detect import Detection, LanguageDetector
 from service.engine import Engine, Job, Translation
-from service.languages import name
+from service.errors import (
+    AtCapacity,
+    EngineFailure,
+    NotServing,
+    OverClientShare,
+    QueueWaitExpired,
+    TooMuchWork,
+    UnsupportedSource,
+)
+from service.languages import AUTO, name
 from service.metrics import Metrics
-from service.schema import AUTO, Overloaded, PayloadTooLarge, QueueExpired, RateLimited, UnsupportedLanguage
 
 RETRY_AFTER_SECONDS = 1
 # Above this many characters in a request, its CPU work leaves the event loop. Splitting and tokenizing
@@ -91,15 +99,16 @@ class Pipeline:
         self._max_queue = max_queue
 
     async def translate(self, from_lang: str, to_lang: str, texts: list[str], client: str = "") -> PipelineResult:
-        """`from_lang` may be AUTO: then each text's language is detected (UnsupportedLanguage if the
-        model lacks it) and the result carries the detections."""
+        """`from_lang` may be AUTO: then each text's language is detected (UnsupportedSource if the
+        model lacks it) and the result carries the detections. Raises the ServiceError that says why
+        a request is refused or failed (service/errors.py)."""
         large = sum(map(len, texts)) > INLINE_CHARS
         prepared = await in_thread(self._prepare, texts, from_lang) if large else self._prepare(texts, from_lang)
         unique = prepared.unique
         self._admit(len(unique))
         refusal = self._fair_use.hold_sentences(client, len(unique))
         if refusal is not None:
-            raise RateLimited(f"{refusal.reason}; retry shortly", headers={"Retry-After": str(refusal.retry_after)})
+            raise OverClientShare(f"{refusal.reason}; retry shortly", retry_after=refusal.retry_after)
         self._metrics.count_sentences(unique, from_lang, to_lang)
         try:
             return await self._translate(to_lang, prepared, large)
@@ -120,11 +129,7 @@ class Pipeline:
             detections = self.detect(texts)
             for index, detection in enumerate(detections):
                 if detection.outcome == "unsupported":
-                    raise UnsupportedLanguage(
-                        f"payload.records[{index}].text looks like {name(detection.language)} ({detection.language}, "
-                        f"confidence {detection.confidence}), which the model cannot translate; "
-                        "send fromLang explicitly if the detection is wrong"
-                    )
+                    raise UnsupportedSource(index, detection.language, name(detection.language), detection.confidence)
             languages = [detection.language for detection in detections]
         else:
             languages = [from_lang] * len(texts)
@@ -166,11 +171,13 @@ class Pipeline:
         try:
             outcomes = await self._batcher.submit(jobs) if jobs else []
         except QueueFull:
-            raise _overloaded() from None
+            raise _at_capacity() from None
         except QueueTimeout as error:
-            raise QueueExpired(
-                f"the service is behind: {error}; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
-            ) from None
+            raise QueueWaitExpired(f"the service is behind: {error}; retry shortly", retry_after=RETRY_AFTER_SECONDS) from None
+        except BatcherClosed as error:
+            raise NotServing(str(error), retry_after=RETRY_AFTER_SECONDS) from None
+        except Exception as error:  # noqa: BLE001 - an engine failure fails this request's batch only
+            raise EngineFailure(f"translation failed ({error.__class__.__name__}: {error})") from error
 
         glue = "" if to_lang in segment.NO_SPACE_LANGUAGES else " "
         translated: dict[tuple[str, str], str] = {}
@@ -201,16 +208,14 @@ class Pipeline:
         if sentences > self._max_queue:
             raise self._too_large(sentences)
         if not self._batcher.has_room(sentences):
-            raise _overloaded()
+            raise _at_capacity()
 
-    def _too_large(self, sentences: int) -> PayloadTooLarge:
-        return PayloadTooLarge(
-            f"the texts make {sentences} sentences to translate; at most {self._max_queue} fit in one request"
-        )
+    def _too_large(self, sentences: int) -> TooMuchWork:
+        return TooMuchWork(f"the texts make {sentences} sentences to translate; at most {self._max_queue} fit in one request")
 
 
-def _overloaded() -> Overloaded:
-    return Overloaded("the service is at capacity; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+def _at_capacity() -> AtCapacity:
+    return AtCapacity("the service is at capacity; retry shortly", retry_after=RETRY_AFTER_SECONDS)
 
 
 def _encode_all(engine: Engine, pairs: list[tuple[str, str]], to_lang: str) -> list[list[Job]]:

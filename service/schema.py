@@ -2,6 +2,8 @@
 
 Every error the service returns is an ApiError subclass; its class fixes the HTTP status and
 the code, and every error body has one shape: {"error": {"code": "...", "message": "..."}}.
+The domain raises its own errors (service/errors.py); `api_error` is the one table that turns
+them into ApiErrors.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any
 
 import orjson
 
+from service import errors
 from service.detect import Detection
+from service.languages import AUTO
 
 
 class ApiError(Exception):
@@ -100,6 +104,32 @@ class QueueExpired(ApiError):
     status, code = 503, "queue_timeout"
 
 
+# The domain's errors as the API answers them.
+DOMAIN_ERRORS: dict[type[errors.ServiceError], type[ApiError]] = {
+    errors.TooMuchWork: PayloadTooLarge,
+    errors.AtCapacity: Overloaded,
+    errors.OverClientShare: RateLimited,
+    errors.QueueWaitExpired: QueueExpired,
+    errors.NotServing: NotReady,
+    errors.EngineFailure: TranslationFailed,
+    errors.UnsupportedSource: UnsupportedLanguage,
+}
+
+
+def api_error(error: errors.ServiceError) -> ApiError:
+    """The ApiError (status, code, message, Retry-After) that answers a domain error."""
+    kind = DOMAIN_ERRORS.get(type(error), ApiError)
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    message = error.message
+    if isinstance(error, errors.UnsupportedSource):
+        named = f"{error.name} ({error.language})" if error.name != error.language else f'"{error.language}"'
+        message = (
+            f"payload.records[{error.index}].text looks like {named}, confidence {error.confidence}, which the model "
+            "cannot translate; send fromLang explicitly if the detection is wrong"
+        )
+    return kind(message, headers=headers)
+
+
 # The status table, for the OpenAPI document and the docs: status -> (code, when).
 ERRORS: tuple[type[ApiError], ...] = (
     BadRequest, MalformedJson, Unauthorized, NotFound, MethodNotAllowed, RequestTimeout, PayloadTooLarge, HeadersTooLarge, UnsupportedMediaType,
@@ -111,10 +141,6 @@ ERRORS: tuple[type[ApiError], ...] = (
 ID_MINIMUM, ID_MAXIMUM = -(2**63), 2**64 - 1
 # An id written with a decimal point is a double: integral ones are exact only up to 2**53.
 FLOAT_EXACT_LIMIT = 2**53
-
-
-# fromLang "auto": each record's language is detected (service/detect.py).
-AUTO = "auto"
 
 
 @dataclass(frozen=True)

@@ -163,8 +163,10 @@ async def test_auto_mode_refuses_a_language_the_model_lacks_naming_the_record(cl
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["code"] == "unsupported_language"
-    assert error["message"].startswith("payload.records[1].text looks like eo (eo, confidence 0.9")
-    assert "send fromLang explicitly" in error["message"]
+    assert error["message"] == (
+        'payload.records[1].text looks like "eo", confidence 0.9799, which the model cannot translate; '
+        "send fromLang explicitly if the detection is wrong"
+    )
 
 
 async def test_auto_is_not_a_target(client):

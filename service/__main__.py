@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=settings.drain_seconds or None,
-        timeout_keep_alive=settings.idle_timeout_seconds,
+        # uvicorn types these as int but uses them as float delays (asyncio timeouts, call_later).
+        timeout_graceful_shutdown=settings.drain_seconds or None,  # type: ignore[arg-type]
+        timeout_keep_alive=settings.idle_timeout_seconds,  # type: ignore[arg-type]
         forwarded_allow_ips=settings.forwarded_allow_ips,
         lifespan="on",
         # uvloop and httptools (C) instead of asyncio and h11 (pure Python): about 3x less CPU per

@@ -141,7 +141,7 @@ class Batcher(Generic[Item, Result]):
             self._work_ready.notify_all()
         threads = list(self._threads)
         if threads:
-            await asyncio.to_thread(lambda: [thread.join() for thread in threads])
+            await asyncio.to_thread(_join_all, threads)
             await asyncio.sleep(0)  # the workers' last hand-outs run on the loop
 
     # --- submitting (on the event loop)
@@ -276,8 +276,8 @@ class Batcher(Generic[Item, Result]):
             for index, entry in enumerate(batch):
                 if entry.future.done():
                     continue
-                if error is not None:
-                    entry.future.set_exception(error)
+                if error is not None or results is None:
+                    entry.future.set_exception(error or RuntimeError("the batch produced no results"))
                 else:
                     entry.future.set_result(Outcome(results[index], started - entry.enqueued_at, seconds))
 
@@ -293,3 +293,8 @@ def _call_hook(hook: Callable, *args) -> None:
         hook(*args)
     except Exception:  # noqa: BLE001 - a metrics hook must never take a worker down
         log.exception("batcher hook %s failed", getattr(hook, "__name__", hook))
+
+
+def _join_all(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join()

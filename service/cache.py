@@ -19,7 +19,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,19 @@ class RedisClient(Protocol):
     async def aclose(self) -> None: ...
 
 
+def _connect(url: str, timeout_seconds: float) -> RedisClient:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(
+        url,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        retry_on_timeout=False,
+        health_check_interval=0,
+    )
+    return cast(RedisClient, client)  # it has every method RedisClient names
+
+
 class RedisCache:
     """Redis behind the LRU; fails open."""
 
@@ -176,17 +189,7 @@ class RedisCache:
         client: RedisClient | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if client is None:
-            import redis.asyncio
-
-            client = redis.asyncio.Redis.from_url(
-                url,
-                socket_timeout=timeout_seconds,
-                socket_connect_timeout=timeout_seconds,
-                retry_on_timeout=False,
-                health_check_interval=0,
-            )
-        self._client = client
+        self._client: RedisClient = client if client is not None else _connect(url, timeout_seconds)
         # The namespace (the model's fingerprint) keeps replicas of different models apart.
         self._prefix = f"mt:{hashlib.sha1(namespace.encode()).hexdigest()[:12]}:"
         self._local = local

@@ -125,7 +125,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         cycle = self.cycle
         hold = cycle.scope.get(HOLD_READING) if cycle is not None else None
-        if hold and not self.transport.is_closing():
+        if isinstance(hold, float) and hold > 0 and not self.transport.is_closing():
             self.flow.pause_reading()
             self.loop.call_later(hold, self._resume_reading)
 

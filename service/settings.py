@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ENV_PREFIX = "MT_"
 DEVICES = ("auto", "cpu", "cuda")
@@ -106,7 +107,7 @@ class Settings:
         environ = {} if environ is None else environ
         parser = _parser(environ)
         namespace = parser.parse_args(argv)
-        values = {}
+        values: dict[str, Any] = {}
         for spec in dataclasses.fields(cls):
             raw = getattr(namespace, spec.name)
             values[spec.name] = _coerce(spec, raw) if raw is not None else spec.default
@@ -119,7 +120,7 @@ class Settings:
         left at 0 becomes max_queue (every request in flight holds at least one queued sentence)."""
         if device not in DEVICE_DEFAULTS:
             raise SettingsError(f"no defaults for device {device!r}; choose one of {', '.join(DEVICE_DEFAULTS)}")
-        filled = {name: value for name, value in DEVICE_DEFAULTS[device].items() if getattr(self, name) == 0}
+        filled: dict[str, Any] = {name: value for name, value in DEVICE_DEFAULTS[device].items() if getattr(self, name) == 0}
         resolved = dataclasses.replace(self, **filled)
         if resolved.max_in_flight == 0:
             resolved = dataclasses.replace(resolved, max_in_flight=resolved.max_queue)

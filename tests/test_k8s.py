@@ -415,22 +415,3 @@ def test_make_deploy_sets_the_image_without_editing_k8s(tmp_path):
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert server_container(docs)["image"] == "registry.example/team/mt:sha-1234567-gpu"
 
-
-@pytest.mark.slow
-def test_health_check_script(toy_model_dir, start_service):
-    """scripts/health_check.py (make health-check) passes on a real service and fails on a dead one."""
-    import sys
-
-    script = str(ROOT / "scripts" / "health_check.py")
-    service = start_service(toy_model_dir)
-    ok = subprocess.run(
-        [sys.executable, script, service.url, "--from", "en", "--to", "fr", "--text", "alpha bravo charlie."],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "'charlie bravo alpha.'" in ok.stdout
-    unknown = subprocess.run([sys.executable, script, service.url, "--to", "xx"], capture_output=True, text=True, timeout=60)
-    assert unknown.returncode == 1 and "FAIL" in unknown.stderr
-    service.stop()
-    dead = subprocess.run([sys.executable, script, service.url, "--wait", "1"], capture_output=True, text=True, timeout=60)
-    assert dead.returncode == 1 and "/readyz" in dead.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -149,16 +150,10 @@ class Metrics:
                 self._sentence_child(language, "auto").inc(count)
         else:
             self._sentence_child(from_lang, "explicit").inc(len(pairs))
-        child = self._target_children.get(to_lang)
-        if child is None:
-            child = self._target_children[to_lang] = self.target_sentences.labels(language=to_lang)
-        child.inc(len(pairs))
+        _child(self._target_children, self.target_sentences, to_lang, language=to_lang).inc(len(pairs))
 
     def _sentence_child(self, language: str, mode: str) -> Counter:
-        child = self._sentence_children.get((language, mode))
-        if child is None:
-            child = self._sentence_children[(language, mode)] = self.source_sentences.labels(language=language, mode=mode)
-        return child
+        return _child(self._sentence_children, self.source_sentences, (language, mode), language=language, mode=mode)
 
     def count_detections(self, detections: Iterable[Detection]) -> None:
         for outcome, count in collections.Counter(d.outcome for d in detections).items():
@@ -179,17 +174,11 @@ class Metrics:
         self.unknown_pieces.inc(unknown)
 
     def count_detect_request(self, status: int) -> None:
-        child = self._detect_requests_by_status.get(status)
-        if child is None:
-            child = self._detect_requests_by_status[status] = self.detect_requests.labels(status=str(status))
-        child.inc()
+        _child(self._detect_requests_by_status, self.detect_requests, status, status=str(status)).inc()
 
     def count_request(self, status: int) -> None:
         """One finished request (the labelled child is looked up once per status, not per request)."""
-        child = self._requests_by_status.get(status)
-        if child is None:
-            child = self._requests_by_status[status] = self.requests.labels(status=str(status))
-        child.inc()
+        _child(self._requests_by_status, self.requests, status, status=str(status)).inc()
 
     def watch_cache(self, cache: LruCache) -> None:
         """The in-process cache's size against its byte budget, and its evictions."""
@@ -205,6 +194,14 @@ class Metrics:
         self.cache_up.set(1 if up else 0)
         if not up:
             self.cache_errors.inc()
+
+
+def _child(children: dict[Any, Counter], metric: Counter, key: Any, **labels: str) -> Counter:
+    """A labelled child, looked up in `children` (labels() costs a lock and a dict build per call)."""
+    child = children.get(key)
+    if child is None:
+        child = children[key] = metric.labels(**labels)
+    return child
 
 
 class ThreadCpuCollector(Collector):

@@ -164,12 +164,7 @@ class Limits:
 
 def parse_translation_request(body: bytes, languages: Collection[str], limits: Limits) -> TranslationRequest:
     """Parses and validates a request body; raises the ApiError that says what is wrong and where."""
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise MalformedJson(f"request body is not valid JSON: {error}") from None
-    if not isinstance(document, dict):
-        raise ValidationFailed(f"request body must be a JSON object, got {_type_name(document)}")
+    document = _json_object(body)
     payload = document.get("payload")
     if payload is None:
         raise ValidationFailed("missing field: payload")
@@ -177,14 +172,29 @@ def parse_translation_request(body: bytes, languages: Collection[str], limits: L
         raise ValidationFailed(f"payload must be an object, got {_type_name(payload)}")
     from_lang = _language(payload, "fromLang", languages, allow_auto=True)
     to_lang = _language(payload, "toLang", languages)
-    records = payload.get("records")
-    if records is None:
-        raise ValidationFailed("missing field: payload.records")
-    if not isinstance(records, list):
-        raise ValidationFailed(f"payload.records must be an array, got {_type_name(records)}")
-    if len(records) > limits.max_records:
-        raise PayloadTooLarge(f"payload.records has {len(records)} records; the limit is {limits.max_records} per request")
+    records = _bounded_array(payload.get("records"), "payload.records", "records", limits.max_records)
     return TranslationRequest(from_lang, to_lang, tuple(_record(i, r, limits) for i, r in enumerate(records)))
+
+
+def _json_object(body: bytes) -> dict:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise MalformedJson(f"request body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise ValidationFailed(f"request body must be a JSON object, got {_type_name(document)}")
+    return document
+
+
+def _bounded_array(value: Any, where: str, items: str, limit: int, kind: str = "an array") -> list:
+    """`value` as a list of at most `limit` items; `where` names the field in messages."""
+    if value is None:
+        raise ValidationFailed(f"missing field: {where}" + (f" ({kind})" if kind != "an array" else ""))
+    if not isinstance(value, list):
+        raise ValidationFailed(f"{where} must be {kind}, got {_type_name(value)}")
+    if len(value) > limit:
+        raise PayloadTooLarge(f"{where} has {len(value)} {items}; the limit is {limit} per request")
+    return value
 
 
 def _language(payload: dict, name: str, languages: Collection[str], *, allow_auto: bool = False) -> str:
@@ -204,19 +214,7 @@ def _language(payload: dict, name: str, languages: Collection[str], *, allow_aut
 
 def parse_detect_request(body: bytes, limits: Limits) -> list[str]:
     """Parses and validates a POST /detect body, {"texts": [...]}, under the same limits as records."""
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise MalformedJson(f"request body is not valid JSON: {error}") from None
-    if not isinstance(document, dict):
-        raise ValidationFailed(f"request body must be a JSON object, got {_type_name(document)}")
-    texts = document.get("texts")
-    if texts is None:
-        raise ValidationFailed("missing field: texts (an array of strings)")
-    if not isinstance(texts, list):
-        raise ValidationFailed(f"texts must be an array of strings, got {_type_name(texts)}")
-    if len(texts) > limits.max_records:
-        raise PayloadTooLarge(f"texts has {len(texts)} items; the limit is {limits.max_records} per request")
+    texts = _bounded_array(_json_object(body).get("texts"), "texts", "items", limits.max_records, "an array of strings")
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise ValidationFailed(f"texts[{index}] must be a string, got {_type_name(text)}")

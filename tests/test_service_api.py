@@ -9,8 +9,8 @@ import orjson
 
 import pytest
 
+from loadtest.toy_task import expected_translation
 from tests.conftest import ROOT, AppClient, build_app, metric_value
-from tests.fixtures.toy_task import expected_translation
 
 SENTENCES = ["alpha bravo charlie.", "delta echo", "foxtrot golf hotel india.", "juliet"]
 
@@ -98,8 +98,9 @@ async def test_repeated_sentences_are_cached_and_metrics_move(client):
 
 
 async def test_concurrent_requests_share_batches(toy_model_dir):
-    # A slower engine keeps the first batch running while the other 31 requests arrive.
-    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.05), inter_threads=1)
+    # A slower engine keeps the first batch running while the other 31 requests arrive (0.2 s: on a busy shared
+    # machine 0.05 s was sometimes over before the last copies of a sentence were submitted, which then ran again).
+    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.2), inter_threads=1)
     async with AppClient(app) as client:
         texts = [[f"{w} bravo charlie."] for w in ("alpha", "delta", "echo", "golf", "hotel", "india", "kilo", "lima")]
         responses = await asyncio.gather(*(client.translate("en", "fr", t) for t in texts * 4))

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from convert.staging import publish, staging_directory
 from service.model_dir import SENTENCEPIECE_NAME, Manifest, SpecialTokens, write_manifest
 
 # The quantizations CTranslate2 can store; which ones *run* depends on the device.
@@ -57,9 +57,7 @@ def convert(
     tokenizer = _load_tokenizer(checkpoint)
     languages = _check_tokenizer(tokenizer)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
+    with staging_directory(output) as staging:
         progress(f"loading checkpoint and converting to CTranslate2 ({quantization})")
         _convert_weights(checkpoint, staging, quantization)
 
@@ -69,9 +67,8 @@ def convert(
         manifest = _build_manifest(source, revision, quantization, languages, config)
         write_manifest(staging, manifest)
 
-        _move_into_place(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        # An existing output (only with --force) is replaced last.
+        publish(staging, output)
     size_mb = sum(f.stat().st_size for f in output.iterdir()) / 1e6
     progress(f"done in {time.monotonic() - started:.1f}s: {output} ({size_mb:.1f} MB)")
     return manifest
@@ -224,16 +221,3 @@ def _build_manifest(source: str, revision: str | None, quantization: str, langua
         },
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-
-
-def _move_into_place(staging: Path, output: Path) -> None:
-    """Swaps the finished directory in; an existing output (only with --force) is removed last."""
-    previous = None
-    if output.exists():
-        previous = output.with_name(f".{output.name}.old-{os.getpid()}")
-        output.rename(previous)
-    staging.rename(output)
-    if previous is not None and previous.is_dir():
-        shutil.rmtree(previous, ignore_errors=True)
-    elif previous is not None:
-        previous.unlink()

@@ -10,7 +10,7 @@ default 0.3) comes from a small pool of hot texts, which the service's cache sho
 picks one of several language pairs (loadtest/texts.py); a share of requests (--auto-share, default 0.2)
 sends fromLang "auto" instead, and each of its results must carry a detectedLanguage (explicit ones must not).
 
---text-source toy uses the toy checkpoint's words (tests/fixtures/toy_task.py) and checks every
+--text-source toy uses the toy checkpoint's words (loadtest/toy_task.py) and checks every
 translation against the expected output (--verify words: the same words, which catches results mixed up
 between records or requests while tolerating the toy model's occasional lost full stop; exact; off); english uses English-like sentences in the benchmark
 checkpoint's vocabulary (any real M2M100 model accepts them too).
@@ -36,13 +36,11 @@ import logging
 import random
 import sys
 import urllib.request
-from pathlib import Path
 
 from locust import HttpUser, events, task
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadtest import slo  # noqa: E402
-from loadtest.texts import PAIRS, TEXT_SOURCES, TextSource  # noqa: E402
+from loadtest import slo
+from loadtest.texts import PAIRS, TEXT_SOURCES, TextSource
 
 log = logging.getLogger("loadtest")
 

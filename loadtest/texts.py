@@ -1,7 +1,7 @@
 """Texts for load tests and benchmarks, from two sources:
 
-- `toy`: sentences of the toy checkpoint's task (tests/fixtures/toy_task.py), which the toy model translates exactly;
-- `english`: English-like sentences in the benchmark checkpoint's synthetic vocabulary (scripts/bench_sentences.py),
+- `toy`: sentences of the toy checkpoint's task (loadtest/toy_task.py), which the toy model translates exactly;
+- `english`: English-like sentences in the benchmark checkpoint's synthetic vocabulary (loadtest/bench_sentences.py),
   which tokenize into realistic piece counts with that model (and are plain English-looking text for a real one).
 
 Pure standard library: Locust users and the benchmark client import it.
@@ -10,13 +10,7 @@ Pure standard library: Locust users and the benchmark client import it.
 from __future__ import annotations
 
 import random
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 TEXT_SOURCES = ("toy", "english")
 
@@ -43,10 +37,10 @@ class TextSource:
 
     def sentence(self, rng: random.Random, short: bool = False) -> str:
         if self.name == "toy":
-            from tests.fixtures.toy_task import MAX_WORDS, random_sentence
+            from loadtest.toy_task import MAX_WORDS, random_sentence
 
             return random_sentence(rng, 1, 3 if short else MAX_WORDS, dot_probability=0.5)
-        from scripts.bench_sentences import sentence
+        from loadtest.bench_sentences import sentence
 
         return sentence(rng, 3, 8) if short else sentence(rng, 6, 24)
 
@@ -96,7 +90,7 @@ class TextSource:
         if self.name != "toy":
             return None
         from service import segment
-        from tests.fixtures.toy_task import LANG_RULES, expected_translation
+        from loadtest.toy_task import LANG_RULES, expected_translation
 
         if to_lang not in LANG_RULES:
             return None

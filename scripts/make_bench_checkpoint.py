@@ -1,5 +1,6 @@
 """Builds a full-size benchmark checkpoint: facebook/m2m100_418M's exact architecture with random weights.
 
+    make bench-checkpoint
     .venv/bin/python scripts/make_bench_checkpoint.py [--output DIR] [--force] [--quantization Q ...] [--no-convert]
 
 Writes a Hugging Face checkpoint (config.json, generation_config.json, model.safetensors in float32, ~1.9 GB,
@@ -8,9 +9,12 @@ then converts it with the project's converter into <parent>/ct2-<quantization> f
 (default int8). No network: the checkpoint stands in for the real model when measuring speed, never quality.
 
 The tokenizer is synthetic but has the real shapes: vocab.json holds 128004 entries (<s> <pad> </s> <unk>, the
-~8k pieces of a SentencePiece BPE model trained on scripts/bench_sentences.py's English-like corpus, then
+~8k pieces of a SentencePiece BPE model trained on loadtest/bench_sentences.py's English-like corpus, then
 filler entries that the SentencePiece model never produces), M2M100Tokenizer adds the 100 language tokens, and
 the model has 8 more rows for fairseq's madeup words: vocab_size 128112, as in m2m100_418M.
+
+It imports the project's packages (loadtest, convert) as installed: the Makefile's venv targets install the
+project (pip install -e), so this runs from any directory.
 
 With random weights the decoder rarely produces </s>: greedy and beam search usually run to the decoding
 length limit, so benchmarks with this checkpoint should cap the decoding length explicitly.
@@ -22,17 +26,16 @@ import argparse
 import io
 import os
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from convert.staging import publish, staging_directory
+from convert.tokenizer_files import FAIRSEQ_SPECIALS, NUM_MADEUP_WORDS, write_m2m100_tokenizer
+from loadtest.bench_sentences import corpus, sentences
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from scripts.bench_sentences import corpus  # noqa: E402
-from scripts.m2m100_tokenizer_files import FAIRSEQ_SPECIALS, NUM_MADEUP_WORDS, write_m2m100_tokenizer  # noqa: E402
 
 DEFAULT_OUTPUT = ROOT / "models" / "bench-m2m100-418m" / "hf"
 SEED = 0
@@ -109,8 +112,6 @@ def train_sentencepiece() -> bytes:
 def check_tokenizer(directory: Path) -> None:
     from transformers import M2M100Tokenizer
 
-    from scripts.bench_sentences import sentences
-
     tokenizer = M2M100Tokenizer.from_pretrained(str(directory))
     expected = VOCAB_JSON_SIZE + LANGUAGE_COUNT
     if len(tokenizer) != expected or tokenizer.get_lang_id("af") != VOCAB_JSON_SIZE:
@@ -138,9 +139,7 @@ def build_model(directory: Path) -> int:
 
 
 def build_checkpoint(output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
+    with staging_directory(output) as staging:
         started = time.monotonic()
         pieces = write_m2m100_tokenizer(
             staging, train_sentencepiece(),
@@ -152,14 +151,7 @@ def build_checkpoint(output: Path) -> None:
         started = time.monotonic()
         build_model(staging)
         log(f"model written ({time.monotonic() - started:.0f}s)")
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        staging.chmod(0o755)
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        publish(staging, output)
 
 
 def convert(hf_dir: Path, quantization: str, force: bool) -> None:

@@ -1,5 +1,6 @@
 """Tokenizer files laid out exactly like facebook/m2m100_418M's, for checkpoints the project builds itself
-(the toy test checkpoint and the full-size benchmark one).
+(the toy test checkpoint and the full-size benchmark one: tests/fixtures/train_toy_m2m100.py,
+scripts/make_bench_checkpoint.py). Build time only: it needs sentencepiece and transformers (the convert extra).
 
 vocab.json follows fairseq: <s> <pad> </s> <unk> at ids 0-3, then the SentencePiece pieces; M2M100Tokenizer
 appends the 100 language tokens, and the model has 8 more rows for fairseq's madeup words. Those are counted

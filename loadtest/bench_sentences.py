@@ -2,10 +2,11 @@
 SentencePiece model was trained on (scripts/make_bench_checkpoint.py), so that benchmark inputs tokenize into
 realistic piece counts: frequent words are one piece, rare words two or more, as with a real 128k vocabulary.
 
-    from scripts.bench_sentences import sentences
+    from loadtest.bench_sentences import sentences
     sentences(100, seed=0, min_words=8, max_words=24)
 
-Pure standard library (no torch): the load tests import it. Everything is deterministic for a given seed.
+Pure standard library (no torch): the load tests (loadtest/texts.py) and the checkpoint builder import it.
+Everything is deterministic for a given seed.
 """
 
 from __future__ import annotations

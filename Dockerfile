@@ -6,7 +6,9 @@
 #   docker build --build-arg SOURCE=./checkpoints/my-m2m100 .   # a local checkpoint, see below
 #
 # The model is converted at build time in a throwaway stage (torch + transformers live only there);
-# the run stages carry requirements/runtime.txt, service/ and the model directory, nothing else.
+# the run stages carry the run-time dependencies from requirements/runtime.lock (every version pinned,
+# every file's hash checked), the project's wheel (--no-deps: the lock already holds its dependencies)
+# and the model directory, nothing else. Regenerate the lock with `make lock` after editing runtime.txt.
 # The convert and serve commands are the ones `make convert` / `make serve` run
 # (tests/test_dockerfile.py keeps them equal).
 
@@ -23,11 +25,13 @@ ARG SOURCE=facebook/m2m100_418M
 FROM ${PYTHON_IMAGE} AS converter
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /build
-COPY requirements/ requirements/
+# Only these two: a new runtime.lock must not redo the conversion.
+COPY requirements/runtime.txt requirements/convert.txt requirements/
 # torch==2.13.0 from PyPI is the CUDA build (GBs of nvidia-* wheels); the CPU index has 2.13.0+cpu,
-# which pip prefers. Conversion needs no GPU, even for the GPU image.
+# which pip prefers. Conversion needs no GPU, even for the GPU image. Not locked: this stage is thrown
+# away; what it leaves is the model directory, whose manifest records the tool versions that wrote it.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -r requirements/convert.txt --extra-index-url https://download.pytorch.org/whl/cpu
+    pip install -r requirements/runtime.txt -r requirements/convert.txt --extra-index-url https://download.pytorch.org/whl/cpu
 COPY convert/ convert/
 # convert writes the manifest through service/model_dir.py. Only that module (stdlib-only) is
 # copied: with all of service/ here, every change to the service would redo the conversion.
@@ -54,6 +58,19 @@ RUN --mount=type=cache,target=/root/.cache/huggingface \
     python -m convert "$SOURCE" /models/m2m100 --quantization "$QUANTIZATION"
 
 # ---------------------------------------------------------------------------------------------
+# wheel: the project as one pure-Python wheel (console scripts m2m100-serve, m2m100-convert, ...). The
+# run stages install it with --no-deps, so they need neither the sources nor a build backend.
+FROM ${PYTHON_IMAGE} AS wheel
+ENV PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml pyproject.toml
+COPY requirements/ requirements/
+COPY service/ service/
+COPY convert/ convert/
+COPY loadtest/ loadtest/
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
+
+# ---------------------------------------------------------------------------------------------
 # gpu: CUDA 12 + cuDNN 9 runtime, Python 3.11 from Ubuntu, runtime requirements only
 FROM ${CUDA_IMAGE} AS gpu
 ENV DEBIAN_FRONTEND=noninteractive
@@ -70,11 +87,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     MT_MODEL_DIR=/models/m2m100 HF_HUB_OFFLINE=1 \
     MT_DEVICE=cuda MT_COMPUTE_TYPE=float16
 WORKDIR /app
-COPY requirements/runtime.txt requirements/runtime.txt
-RUN pip install --no-cache-dir -r requirements/runtime.txt
+COPY requirements/runtime.lock requirements/runtime.lock
+RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.lock
 # The model (hundreds of MB) changes less often than the code: its layer comes first.
 COPY --from=model-gpu /models/m2m100 /models/m2m100
-COPY service/ service/
+RUN --mount=type=bind,from=wheel,source=/dist,target=/tmp/dist \
+    pip install --no-cache-dir --no-deps /tmp/dist/*.whl
 USER 10001:10001
 EXPOSE 9527
 # No curl in the image: python's urllib. urlopen raises on a 503, which fails the check.
@@ -90,10 +108,11 @@ RUN groupadd --gid 10001 app \
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MT_MODEL_DIR=/models/m2m100 HF_HUB_OFFLINE=1
 WORKDIR /app
-COPY requirements/runtime.txt requirements/runtime.txt
-RUN pip install --no-cache-dir -r requirements/runtime.txt
+COPY requirements/runtime.lock requirements/runtime.lock
+RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.lock
 COPY --from=model-cpu /models/m2m100 /models/m2m100
-COPY service/ service/
+RUN --mount=type=bind,from=wheel,source=/dist,target=/tmp/dist \
+    pip install --no-cache-dir --no-deps /tmp/dist/*.whl
 USER 10001:10001
 EXPOSE 9527
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \

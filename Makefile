@@ -14,23 +14,37 @@ HOST ?= 0.0.0.0
 PORT ?= 9527
 PYTEST_ARGS ?=
 
-.PHONY: help venv venv-convert venv-dev convert run serve test bench-checkpoint clean distclean
+.PHONY: help venv venv-convert venv-dev lock convert run serve test bench-checkpoint clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
 
-# --- virtual environment: one stamp per requirements set, rebuilt when a requirements file changes
+# --- virtual environment: the project itself, installed editable (its packages import from anywhere, its console
+# scripts are in $(VENV)/bin), with one extra per stamp; a stamp is rebuilt when pyproject.toml or a requirements
+# file changes (requirements/*.txt are the lists pyproject.toml reads).
 $(VENV)/bin/python:
 	$(SYSTEM_PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed-%: requirements/%.txt $(wildcard requirements/*.txt) | $(VENV)/bin/python
-	$(VENV)/bin/python -m pip install -q -r $<
+EXTRAS_runtime :=
+EXTRAS_convert := [convert]
+EXTRAS_dev := [dev]
+
+$(VENV)/.installed-%: pyproject.toml $(wildcard requirements/*.txt) | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q -e '.$(EXTRAS_$*)'
 	@touch $@
 
-venv: $(VENV)/.installed-runtime ## run-time dependencies only (no torch, no transformers)
+venv: $(VENV)/.installed-runtime ## the project and its run-time dependencies (no torch, no transformers)
 venv-convert: $(VENV)/.installed-convert ## plus torch (CPU build) and transformers, to convert
-venv-dev: $(VENV)/.installed-dev $(VENV)/.installed-convert ## plus tests, load tests, benchmarks
+venv-dev: $(VENV)/.installed-dev ## plus convert, tests, load tests, benchmarks
+
+# The image installs requirements/runtime.lock (pip --require-hashes): runtime.txt's pins and every transitive
+# dependency, with the hashes of every file PyPI has for them, for any platform. LOCK_ARGS=--upgrade moves the
+# transitive pins to their newest versions; without it they stay where the lock has them.
+LOCK_ARGS ?=
+lock: venv-dev ## regenerate requirements/runtime.lock (the image's pins, with hashes) after editing requirements/runtime.txt
+	$(VENV)/bin/uv pip compile requirements/runtime.txt --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make lock" --output-file requirements/runtime.lock $(LOCK_ARGS)
 
 convert: venv-convert ## convert SOURCE into MODEL_DIR (QUANTIZATION=int8; FORCE=1 overwrites)
 	$(PYTHON) -m convert $(SOURCE) $(MODEL_DIR) --quantization $(QUANTIZATION) $(if $(FORCE),--force)

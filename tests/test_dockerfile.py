@@ -1,6 +1,6 @@
 """The Dockerfile, offline (no Docker engine here): it converts and serves with exactly the commands
-`make convert` and `make serve` run, its run stages carry only the run-time requirements, and it
-runs as a numeric non-root user with a health check on /readyz.
+`make convert` and `make serve` run, its run stages install only the run-time lock (hash-checked) and the
+project's wheel, and it runs as a numeric non-root user with a health check on /readyz.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -101,6 +102,13 @@ def make_dry_run(target: str, *variables: str) -> list[str]:
     return matching[0]
 
 
+def _files_read(dynamic) -> list[str]:
+    """Every `file = [...]` under [tool.setuptools.dynamic] (dependencies, optional-dependencies.*)."""
+    if isinstance(dynamic, dict):
+        return list(dynamic.get("file", [])) + [path for key, value in dynamic.items() if key != "file" for path in _files_read(value)]
+    return []
+
+
 def test_convert_runs_what_make_convert_runs(dockerfile):
     # $$ is make's escape: make sees SOURCE=$SOURCE and prints the shell variable, as in the Dockerfile.
     expected = make_dry_run("convert", "SOURCE=$$SOURCE", f"MODEL_DIR={MODEL_DIR}", "QUANTIZATION=$$QUANTIZATION", "PYTHON=python")
@@ -133,8 +141,12 @@ def test_build_args_and_stage_layout(dockerfile):
     assert by_name["gpu"].base == "${CUDA_IMAGE}"
     assert by_name["model-cpu"].base == by_name["model-gpu"].base == "converter"
     [install] = [a for a in by_name["converter"].all("RUN") if "pip install" in a]
-    assert "-r requirements/convert.txt" in install
+    assert re.findall(r"-r\s+(\S+)", install) == ["requirements/runtime.txt", "requirements/convert.txt"]
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in install, "torch from PyPI is the CUDA build"
+    # The lock is the run stages' business: a new lock must not invalidate the conversion's layers.
+    copied = {word for args in by_name["converter"].all("COPY") for word in args.split()[:-1]}
+    assert {"requirements/runtime.txt", "requirements/convert.txt"} <= copied
+    assert not any(word.rstrip("/") in ("requirements", "requirements/runtime.lock") for word in copied)
 
 
 def test_the_converter_has_every_service_module_convert_imports(dockerfile):
@@ -153,13 +165,19 @@ def test_the_converter_has_every_service_module_convert_imports(dockerfile):
 
 
 @pytest.mark.parametrize("stage", RUN_STAGES)
-def test_run_stage_carries_only_the_runtime(dockerfile, stage):
+def test_run_stage_installs_the_lock_then_the_wheel_without_deps(dockerfile, stage):
     _, by_name, _ = dockerfile
     s = by_name[stage]
     installs = [a for a in s.all("RUN") if "pip install" in a]
-    assert len(installs) == 1
-    assert re.findall(r"-r\s+(\S+)", installs[0]) == ["requirements/runtime.txt"]
-    assert not re.search(r"pip install[^&]*\b(torch|transformers)\b", installs[0])
+    assert len(installs) == 2, "the lock, then the project"
+    lock, project = (run_command(args) for args in installs)
+    # Every dependency from the lock, each file checked against its hash; nothing resolved at build time.
+    assert lock[:2] == ["pip", "install"] and "--require-hashes" in lock
+    assert re.findall(r"-r\s+(\S+)", installs[0]) == ["requirements/runtime.lock"]
+    assert not re.search(r"\b(torch|transformers)\b", installs[0])
+    # Then the project's wheel from the wheel stage, --no-deps: the lock already holds its dependencies.
+    assert project[:2] == ["pip", "install"] and "--no-deps" in project and project[-1] == "/tmp/dist/*.whl"
+    assert "--mount=type=bind,from=wheel,source=/dist,target=/tmp/dist" in installs[1]
     sources = set()
     for args in s.all("COPY"):
         words = args.split()
@@ -167,7 +185,22 @@ def test_run_stage_carries_only_the_runtime(dockerfile, stage):
             assert words[0] == f"--from=model-{stage}" and words[1:] == [MODEL_DIR, MODEL_DIR]
         else:
             sources.update(words[:-1])
-    assert sources == {"requirements/runtime.txt", "service/"}, "no convert/, tests or checkpoints in the image"
+    assert sources == {"requirements/runtime.lock"}, "no sources, tests or checkpoints in the image: the wheel has the code"
+
+
+def test_the_wheel_stage_builds_the_project_from_what_pyproject_names(dockerfile):
+    _, by_name, _ = dockerfile
+    wheel = by_name["wheel"]
+    assert wheel.base == "${PYTHON_IMAGE}"
+    [build] = [run_command(args) for args in wheel.all("RUN")]
+    assert build[:2] == ["pip", "wheel"] and "--no-deps" in build and build[-1] == "."
+    assert build[build.index("--wheel-dir") + 1] == "/dist"
+    copied = {args.split()[0].rstrip("/") for args in wheel.all("COPY")}
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    top_level = {name for name in pyproject["tool"]["setuptools"]["packages"]["find"]["include"] if "." not in name}
+    read_files = {path.split("/")[0] for path in _files_read(pyproject["tool"]["setuptools"]["dynamic"])}
+    assert "requirements" in read_files
+    assert copied == {"pyproject.toml"} | top_level | read_files, "the wheel stage copies what the build reads"
 
 
 def test_runtime_requirements_have_no_torch_or_transformers():
@@ -177,13 +210,14 @@ def test_runtime_requirements_have_no_torch_or_transformers():
             line = line.split("#")[0].strip()
             if line.startswith("-r"):
                 names += requirements(path.parent / line[2:].strip())
-            elif line:
+            elif line and not line.startswith("-"):  # a lock's --hash lines
                 names.append(re.split(r"[<>=!~\[; ]", line)[0].lower())
         return names
 
-    names = requirements(ROOT / "requirements" / "runtime.txt")
-    assert "ctranslate2" in names and "sentencepiece" in names
-    assert not {"torch", "transformers"} & set(names)
+    for name in ("runtime.txt", "runtime.lock"):
+        names = requirements(ROOT / "requirements" / name)
+        assert "ctranslate2" in names and "sentencepiece" in names, name
+        assert not {"torch", "transformers"} & set(names), name
 
 
 @pytest.mark.parametrize("stage", RUN_STAGES)

@@ -4,15 +4,19 @@
 #   make build [TAG=...]                      CPU image IMAGE:TAG (converts SOURCE at build time)
 #   make build-gpu                            GPU image IMAGE:TAG-gpu (float16)
 #   make push / push-gpu                      push them
-#   make deploy [OVERLAY=cpu|gpu|cpu-full]    apply k8s/overlays/OVERLAY with IMAGE:TAG, wait
+#   make deploy [OVERLAY=cpu|gpu|dev|...]     apply k8s/overlays/OVERLAY with IMAGE:TAG (-gpu when its pods
+#                                             request a GPU), wait for the rollout
 #   make rollback                             undo the last rollout
-#   make health-check URL=https://...         /readyz + one real translation
+#   make health-check URL=https://...         one real translation through the public routes, and
+#                                             /languages (TRANSLATION_API_KEY when keys are on)
 #   make monitoring                           ServiceMonitor, alerts, dashboard, adapter rules
 #   make k8s-validate                         render every overlay and validate it offline
 
 SYSTEM_PYTHON ?= python3
 DOCKER ?= docker
 KUBECTL ?= kubectl
+# Renders an overlay (to tell GPU overlays apart); not $(KUBECTL), which tests replace with a stub.
+KUSTOMIZE ?= kubectl kustomize
 # The image name the manifests in k8s/ use; IMAGE replaces it at deploy time.
 MANIFEST_IMAGE := ghcr.io/example-org/m2m100-ct2-service
 IMAGE ?= $(MANIFEST_IMAGE)
@@ -27,8 +31,12 @@ URL ?= http://127.0.0.1:$(PORT)
 K8S_VERSION ?= 1.33
 KUBERNETES_VALIDATE ?= $(dir $(PYTHON))kubernetes-validate
 K8S_OVERLAYS := $(notdir $(wildcard k8s/overlays/*))
-# GPU overlays run the -gpu image.
-DEPLOY_TAG = $(TAG)$(if $(findstring gpu,$(OVERLAY)),-gpu)
+HEALTH_CHECK_ARGS ?=
+# GPU overlays run the -gpu image. An overlay is a GPU one when the pods it renders request
+# nvidia.com/gpu, whatever its name: gpu itself, and the environments built on it (staging, prod).
+# Expanded only by the deploy recipe (make -n deploy shows the tag it would use).
+overlay_requests_gpu = $(shell $(KUSTOMIZE) k8s/overlays/$(1) 2>/dev/null | grep -Eq '^ +nvidia\.com/gpu: ' && echo yes)
+DEPLOY_TAG = $(TAG)$(if $(call overlay_requests_gpu,$(OVERLAY)),-gpu)
 DEPLOY_DIR = build/deploy/$(OVERLAY)
 
 .PHONY: build build-gpu push push-gpu deploy rollback health-check monitoring k8s-validate
@@ -46,8 +54,9 @@ push-gpu: ## push IMAGE:TAG-gpu
 	$(DOCKER) push $(IMAGE):$(TAG)-gpu
 
 # A throwaway kustomization on top of the overlay sets the image, so deploying never edits k8s/.
-deploy: ## apply k8s/overlays/OVERLAY with IMAGE:TAG (-gpu for gpu overlays) and wait for the rollout
-	@test -d k8s/overlays/$(OVERLAY) || { echo "no overlay k8s/overlays/$(OVERLAY) (have: $(K8S_OVERLAYS))" >&2; exit 2; }
+deploy: ## apply k8s/overlays/OVERLAY with IMAGE:TAG (-gpu for overlays that request GPUs) and wait for the rollout
+	$(if $(and $(filter 1,$(words $(OVERLAY))),$(filter $(OVERLAY),$(K8S_OVERLAYS))),,$(error no overlay k8s/overlays/$(OVERLAY) (have: $(K8S_OVERLAYS))))
+	@$(KUSTOMIZE) k8s/overlays/$(OVERLAY) >/dev/null || { echo "k8s/overlays/$(OVERLAY) does not render with $(KUSTOMIZE)" >&2; exit 2; }
 	@mkdir -p $(DEPLOY_DIR)
 	@printf '%s\n' 'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' 'resources:' \
 	  '  - ../../../k8s/overlays/$(OVERLAY)' 'images:' '  - name: $(MANIFEST_IMAGE)' \
@@ -59,8 +68,8 @@ rollback: ## roll the deployment back to its previous revision and wait
 	$(KUBECTL) -n $(NAMESPACE) rollout undo deployment/$(DEPLOYMENT)
 	$(KUBECTL) -n $(NAMESPACE) rollout status deployment/$(DEPLOYMENT) --timeout=$(ROLLOUT_TIMEOUT)
 
-health-check: ## GET URL/readyz and translate one record; fails if either fails
-	$(SYSTEM_PYTHON) scripts/health_check.py $(URL)
+health-check: ## POST URL/translation until ready, check the translation and /languages (TRANSLATION_API_KEY if keys are on)
+	$(SYSTEM_PYTHON) scripts/health_check.py $(URL) $(HEALTH_CHECK_ARGS)
 
 monitoring: ## apply the ServiceMonitor, PrometheusRule, Grafana dashboard and adapter rules
 	$(KUBECTL) apply -k k8s/overlays/monitoring

@@ -23,6 +23,7 @@ import traceback
 from pathlib import Path
 
 from loadtest.bench import machine
+from loadtest.paths import relative
 from loadtest.reliability import report
 from loadtest.reliability.common import ROOT, WORK_DIR, Service, ensure_model, log
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report.render(results))
     missed = [f for f in figures if f["status"] in ("missed", "not run")]
-    log(f"wrote {_relative(args.output)} and {_relative(args.results)} in {results['seconds']:.0f} s")
+    log(f"wrote {relative(args.output)} and {relative(args.results)} in {results['seconds']:.0f} s")
     for figure in figures:
         log(f"  {figure['status']:>8}  {figure['figure']}: {figure['value']} (target {figure['target']})")
     return 1 if missed else 0
@@ -125,13 +126,6 @@ def _jsonable(value):
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
-
-
-def _relative(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
 
 
 if __name__ == "__main__":

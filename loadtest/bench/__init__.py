@@ -2,6 +2,7 @@
 
     python -m loadtest.bench [--quick] [--device cpu|cuda] [--output FILE.md] ...
 
-run.py measures, report.py writes the Markdown and the plots; engines.py (CTranslate2, transformers),
+config.py says what to measure and where, run.py measures, results.py holds the figures as types (results.json is
+their saved form), report.py writes the Markdown and the plots; engines.py (CTranslate2, transformers),
 server.py (the service as a process) and client.py (a raw asyncio HTTP load client) are the tools.
 """

@@ -16,7 +16,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from loadtest.bench.run import SECTIONS, Bench, Config, ensure_toy_model, log
+from loadtest.bench.config import SECTIONS, Config
+from loadtest.bench.results import BenchResults
+from loadtest.bench.run import Bench, ensure_toy_model, log
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -74,11 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
     if args.report_only:
-        import json
-
         from loadtest.bench import report
 
-        results = json.loads((config.work_dir / "results.json").read_text())
+        results = BenchResults.from_json((config.work_dir / "results.json").read_text())
         for path in report.write(results, config):
             log(f"wrote {path}")
         return 0

@@ -135,7 +135,9 @@ class HfEngine:
         if device == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
         self.tokenizer = M2M100Tokenizer.from_pretrained(str(checkpoint))
-        self.model = M2M100ForConditionalGeneration.from_pretrained(str(checkpoint), dtype=getattr(torch, dtype)).to(device).eval()
+        model = M2M100ForConditionalGeneration.from_pretrained(str(checkpoint), dtype=getattr(torch, dtype))
+        # transformers types `.to` through a decorator that mypy reads as taking the model as its first argument.
+        self.model = model.to(device).eval()  # type: ignore[arg-type]
 
     def translate(
         self, texts: Sequence[str], source_lang: str, target_lang: str, *, beam_size: int, new_tokens: int

@@ -16,153 +16,37 @@ h. baseline     the service vs a plain transformers service (baseline_service.py
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from loadtest.bench import machine
 from loadtest.bench.client import median, percentile, run_closed_loop, run_lone
+from loadtest.bench.config import TOY_HF_DIR, Config
 from loadtest.bench.engines import Ct2Engine, HfEngine, Timed
-from loadtest.bench.server import ROOT, Service
+from loadtest.bench.results import (
+    Baseline,
+    BaselineRow,
+    Batching,
+    BenchResults,
+    Concurrency,
+    Efficiency,
+    EngineRow,
+    EngineSection,
+    LoadRow,
+    Lone,
+    Machine,
+    OfflineRow,
+    SettingsRow,
+)
+from loadtest.bench.server import Service
+from loadtest.paths import relative
 from loadtest.texts import TextSource
-
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-SECTIONS = ("engine", "lone", "concurrency", "efficiency", "batching", "baseline", "settings")
-BENCH_MODEL_DIR = ROOT / "models" / "bench-m2m100-418m" / "ct2-int8"
-BENCH_HF_DIR = ROOT / "models" / "bench-m2m100-418m" / "hf"
-TOY_HF_DIR = ROOT / "tests" / "fixtures" / "toy-m2m100"
-
-
-@dataclass
-class Config:
-    quick: bool = False
-    device: str = "cpu"
-    model_dir: Path = BENCH_MODEL_DIR
-    hf_dir: Path = BENCH_HF_DIR
-    text_source: str = "english"
-    output: Path = ROOT / "docs" / "benchmarks.md"
-    work_dir: Path = ROOT / "reports" / "bench"
-    tokens: int = 24  # N: output tokens per translation (after the language token)
-    pair: tuple[str, str] = ("en", "fr")
-    # a. One batch of B distinct sentences per row. 256 sentences of the 418M model through transformers
-    # float32 on 2 cores would take minutes per run: the CPU default stops at 16.
-    engine_batches: tuple[int, ...] = (1, 16)
-    engine_beams: tuple[int, ...] = (1, 4)
-    engine_repeats: int = 3  # timed runs per row, after one untimed run at the same shape
-    concurrency: tuple[int, ...] = (1, 4, 16, 64)
-    requests_per_client: int = 2
-    min_requests: int = 8
-    # Load-client processes; each runs its share of the clients. One Python process tops out at a few thousand
-    # requests/s, fine for a CPU service; a GPU service needs several so that the client is not the limit.
-    client_processes: int = 1
-    efficiency_repeats: int = 1  # offline runs per configuration (each ~20 s with the 418M model on 2 cores)
-    lone_samples: int = 20
-    batching_clients: int = 16
-    batching_requests: int = 32
-    # h. The transformers baseline serves one request at a time: a subset of the client counts, and at most
-    # `baseline_max_requests` sentences per count, keep it to minutes.
-    baseline_concurrency: tuple[int, ...] = (1, 16)
-    baseline_max_requests: int = 32
-    # Random weights rarely emit </s>: forcing exactly N tokens (min_new_tokens = max_new_tokens = N + 1) makes
-    # the baseline's work equal to the service's. The toy model does stop: unforced, its outputs are checked.
-    baseline_fixed_length: bool = True
-    load_time_limit: float = 600.0  # seconds: clients take no new sentence after this (every load is bounded)
-    settings_clients: int = 32
-    settings_requests: int = 96
-    settings_rounds: int = 2
-    # (label, MT_* overrides, clients or 0 for settings_clients)
-    settings_lone: int = 3  # lone requests timed on each settings service before its load
-    settings: tuple[tuple[str, dict, int], ...] = (
-        ("defaults", {}, 0),
-        ("1 worker x 2 threads", {"MT_INTER_THREADS": "1", "MT_INTRA_THREADS": "2"}, 0),
-        ("MT_MAX_BATCH_SIZE=8", {"MT_MAX_BATCH_SIZE": "8"}, 0),
-        ("MT_MAX_BATCH_SIZE=32", {"MT_MAX_BATCH_SIZE": "32"}, 0),
-        ("MT_MAX_BATCH_TOKENS=256", {"MT_MAX_BATCH_TOKENS": "256"}, 0),
-        ("MT_MAX_QUEUE=16, 64 clients", {"MT_MAX_QUEUE": "16"}, 64),
-    )
-    sections: tuple[str, ...] = SECTIONS
-    command: str = "make bench"
-    service_overrides: tuple[tuple[str, str], ...] = ()  # MT_* settings for every benchmarked service
-
-    @property
-    def img_dir(self) -> Path:
-        return self.output.parent / "img"
-
-    @classmethod
-    def full_mode(cls, device: str = "cpu", **overrides) -> Config:
-        """The 418M benchmark checkpoint; on cuda, GPU-sized workloads. The service runs with its own per-device
-        defaults (`--device cuda` and nothing else), as the gpu overlay deploys it."""
-        base = cls(device=device)
-        if device == "cuda":
-            base = replace(
-                base,
-                engine_batches=(1, 16, 64, 256),
-                concurrency=(1, 16, 64, 256, 1024),
-                requests_per_client=4,  # 4,096 sentences at 1,024 clients: the efficiency workload
-                min_requests=64,
-                client_processes=4,
-                efficiency_repeats=3,
-                batching_clients=256,
-                batching_requests=1024,
-                baseline_concurrency=(1, 16, 64, 256),
-                baseline_max_requests=256,
-                settings_clients=256,
-                settings_requests=1024,
-                settings=(
-                    ("defaults", {}, 0),
-                    ("MT_COMPUTE_TYPE=int8_float16", {"MT_COMPUTE_TYPE": "int8_float16"}, 0),
-                    ("1 worker", {"MT_INTER_THREADS": "1"}, 0),
-                    ("4 workers", {"MT_INTER_THREADS": "4"}, 0),
-                    ("MT_MAX_BATCH_SIZE=128", {"MT_MAX_BATCH_SIZE": "128"}, 0),
-                    ("MT_MAX_BATCH_SIZE=512", {"MT_MAX_BATCH_SIZE": "512", "MT_MAX_BATCH_TOKENS": "32768"}, 0),
-                    ("MT_MAX_QUEUE=64, 1024 clients", {"MT_MAX_QUEUE": "64"}, 1024),
-                ),
-                command="make bench DEVICE=cuda",
-            )
-        return replace(base, **overrides)
-
-    @classmethod
-    def quick_mode(cls, device: str = "cpu", **overrides) -> Config:
-        """The toy checkpoint, small counts: checks the whole pipeline in about a minute (figures meaningless)."""
-        base = cls(
-            quick=True,
-            device=device,
-            model_dir=ROOT / "reports" / "bench-quick" / "toy-int8",
-            hf_dir=TOY_HF_DIR,
-            text_source="toy",
-            output=ROOT / "reports" / "bench-quick" / "benchmarks.md",
-            work_dir=ROOT / "reports" / "bench-quick",
-            tokens=16,
-            pair=("en", "fr"),
-            engine_batches=(1, 16),
-            engine_repeats=3,
-            requests_per_client=2,
-            efficiency_repeats=3,
-            lone_samples=15,
-            batching_clients=16,
-            batching_requests=32,
-            baseline_concurrency=(1, 4, 16, 64),
-            baseline_max_requests=128,
-            baseline_fixed_length=False,
-            load_time_limit=60.0,
-            settings_clients=16,
-            settings_requests=32,
-            settings_rounds=1,
-            settings=(
-                ("defaults", {}, 0),
-                ("1 worker x 2 threads", {"MT_INTER_THREADS": "1", "MT_INTRA_THREADS": "2"}, 0),
-                ("MT_MAX_QUEUE=4, 16 clients", {"MT_MAX_QUEUE": "4"}, 16),
-            ),
-            command="make bench QUICK=1" + (" DEVICE=cuda" if device == "cuda" else ""),
-        )
-        return replace(base, **overrides)
 
 
 def log(message: str) -> None:
@@ -173,10 +57,8 @@ class Bench:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.texts = TextSource(config.text_source)
-        self.results: dict = {
-            "config": _jsonable(asdict(config)), "machine": machine.describe(config.device), "load": {},
-            "started_at": time.strftime("%Y-%m-%d %H:%M %Z"),
-        }
+        described = Machine.from_dict(machine.describe(config.device))
+        started_at = time.strftime("%Y-%m-%d %H:%M %Z")
         self.started = time.perf_counter()
         self._texts_by_clients: dict[int, list[str]] = {}
         config.work_dir.mkdir(parents=True, exist_ok=True)
@@ -184,9 +66,8 @@ class Bench:
 
         # The service's settings as it will resolve them: the offline runs copy them.
         self.settings = Settings.load(["--model-dir", str(config.model_dir)], self.service_env()).for_device(config.device)
-        self.results["service_settings"] = {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.settings).items() if k not in ("host", "port")
-        }
+        # Each section replaces its part as it is measured (save() writes what there is so far).
+        self.results = BenchResults(config=config, machine=described, started_at=started_at, service_settings=self.settings)
 
     # --- helpers
     @property
@@ -247,62 +128,66 @@ class Bench:
 
     def save(self) -> Path:
         path = self.config.work_dir / "results.json"
-        path.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+        path.write_text(self.results.to_json())
         return path
+
+    def record(self, **parts: Any) -> None:
+        """Sets parts of the results; a section's own footprint entries, recorded while it ran, are kept."""
+        self.results = replace(self.results, **parts)
 
     def mark(self, section: str) -> None:
         self.save()  # what is measured so far survives a later failure
-        self.results["load"][section] = machine.load_average()
+        self.results = replace(self.results, load={**self.results.load, section: machine.load_average()})
         log(f"{section} (load average {machine.load_average()}, {time.perf_counter() - self.started:.0f}s so far)")
 
     # --- the run
-    def run(self) -> dict:
+    def run(self) -> BenchResults:
         config = self.config
         sections = set(config.sections)
         if "engine" in sections:
             self.mark("engine")
-            self.results["engine"] = self.engine()
+            self.record(engine=self.engine())
         service_sections = sections & {"lone", "concurrency", "efficiency", "batching", "baseline"}
         if service_sections:
             self.mark("service")
             with self.service("defaults") as service:
-                self.results["cold_start_s"] = {"defaults": service.cold_start_s}
+                self.results = self.results.with_server("defaults", cold_start_s=service.cold_start_s)
                 if "lone" in sections:
                     self.mark("lone")
-                    self.results["lone"] = self.lone(service)
+                    self.record(lone=self.lone(service))
                 if sections & {"concurrency", "efficiency"}:
                     self.mark("concurrency")
-                    self.results["concurrency"] = self.concurrency(service)
+                    self.record(concurrency=self.concurrency(service))
                 batching_on = None
                 if "batching" in sections:
                     self.mark("batching on")
                     batching_on = self.load(service, config.batching_clients, self.sentences(config.batching_requests, seed=31))
                 if "baseline" in sections:
                     self.mark("baseline")
-                    self.results["baseline"] = self.baseline(service)
-                self.results["memory_kib"] = {"defaults": service.memory_kib(), **self.results.get("memory_kib", {})}
+                    self.record(baseline=self.baseline(service))
+                self.results = self.results.with_server("defaults", memory_kib=service.memory_kib())
             if "efficiency" in sections:
                 self.mark("efficiency (offline)")
-                self.results["efficiency"] = self.efficiency()
+                self.record(efficiency=self.efficiency())
             if batching_on is not None:
                 self.mark("batching off")
-                self.results["batching"] = self.batching(batching_on)
+                self.record(batching=self.batching(batching_on))
         if "settings" in sections and config.settings:
             self.mark("settings")
-            self.results["settings"] = self.settings_sweep()
-        self.results["load"]["end"] = machine.load_average()
-        self.results["elapsed_s"] = time.perf_counter() - self.started
+            self.record(settings=self.settings_sweep())
+        elapsed = time.perf_counter() - self.started
+        self.results = replace(self.results, load={**self.results.load, "end": machine.load_average()}, elapsed_s=elapsed)
         self.save()
-        log(f"done in {self.results['elapsed_s']:.0f}s")
+        log(f"done in {elapsed:.0f}s")
         return self.results
 
     # --- a. engine
-    def engine(self) -> dict:
+    def engine(self) -> EngineSection:
         """Each row: one batch of B distinct sentences, one beam, one engine. Every engine first runs the exact
         call it will be timed on (same sentences, batch, beam, decoding length), untimed; then the engines take
         turns, `engine_repeats` rounds, so that a noisy moment on a shared machine hits them alike."""
         config = self.config
-        cores = self.results["machine"]["usable_cores"]
+        cores = self.results.machine.usable_cores
         src, tgt = config.pair
         length = self.max_decoding_length
         if config.device == "cuda":
@@ -312,11 +197,11 @@ class Bench:
 
             compute_types, hf_dtype, threads = (resolve_compute_type("cpu", self.settings.compute_type),), "float32", (1, cores)
         all_texts = self.sentences(max(config.engine_batches), seed=11)
-        log(f"engine: loading transformers ({hf_dtype}) from {_relative(config.hf_dir)}")
+        log(f"engine: loading transformers ({hf_dtype}) from {relative(config.hf_dir)}")
         hf = HfEngine(config.hf_dir, device=config.device, dtype=hf_dtype)
         ct2 = {ct: Ct2Engine(config.model_dir, device=config.device, compute_type=ct, inter_threads=threads[0], intra_threads=threads[1]) for ct in compute_types}
         reference = f"transformers {hf_dtype}"
-        rows = []
+        rows: list[EngineRow] = []
         for batch in config.engine_batches:
             texts = all_texts[:batch]
             sources = next(iter(ct2.values())).encode(texts, src)
@@ -337,30 +222,30 @@ class Bench:
                     shapes = {t.shape for t in timed}
                     if len(shapes) != 1:
                         raise RuntimeError(f"engine {name}: the timed runs differ in shape: {shapes}")
-                    row = {
-                        "batch": batch, "beam": beam, "engine": name, "sentences": batch,
-                        "seconds": best[name].seconds, "seconds_runs": [t.seconds for t in timed],
-                        "output_tokens": best[name].output_tokens, "output_tokens_runs": [t.output_tokens for t in timed],
-                        "tokens_per_s": best[name].tokens_per_second, "median_tokens_per_s": medians[name],
-                        "warmup_shape": asdict(warm[name].shape), "shape": asdict(timed[0].shape), "repeats": len(timed),
+                    row = EngineRow(
+                        batch=batch, beam=beam, engine=name, sentences=batch,
+                        seconds=best[name].seconds, seconds_runs=tuple(t.seconds for t in timed),
+                        output_tokens=best[name].output_tokens, output_tokens_runs=tuple(t.output_tokens for t in timed),
+                        tokens_per_s=best[name].tokens_per_second, median_tokens_per_s=medians[name],
+                        warmup_shape=warm[name].shape, shape=timed[0].shape, repeats=len(timed),
                         # The reference row has no ratio: it would be 1 by definition.
-                        "ratio": None if name == reference else best[name].tokens_per_second / best[reference].tokens_per_second,
-                        "median_ratio": None if name == reference else medians[name] / medians[reference],
-                    }
+                        ratio=None if name == reference else best[name].tokens_per_second / best[reference].tokens_per_second,
+                        median_ratio=None if name == reference else medians[name] / medians[reference],
+                    )
                     rows.append(row)
-                    log(f"engine: batch {batch} beam {beam} {name}: best {row['tokens_per_s']:.1f} tokens/s, median "
-                        f"{row['median_tokens_per_s']:.1f} ({row['output_tokens']} tokens, best {row['seconds']:.3f}s of {len(timed)})")
+                    log(f"engine: batch {batch} beam {beam} {name}: best {row.tokens_per_s:.1f} tokens/s, median "
+                        f"{row.median_tokens_per_s:.1f} ({row.output_tokens} tokens, best {row.seconds:.3f}s of {len(timed)})")
         hf.close()
         for engine in ct2.values():
             engine.close()
-        return {
-            "tokens": config.tokens, "ct2_threads": threads, "hf_dtype": hf_dtype, "reference": reference,
-            "batches": list(config.engine_batches), "repeats": config.engine_repeats, "statistic": "best",
-            "torch_threads": cores if config.device == "cpu" else None, "rows": rows,
-        }
+        return EngineSection(
+            tokens=config.tokens, ct2_threads=threads, hf_dtype=hf_dtype, reference=reference,
+            batches=tuple(config.engine_batches), repeats=config.engine_repeats, statistic="best",
+            torch_threads=cores if config.device == "cpu" else None, rows=tuple(rows),
+        )
 
     # --- d. a lone short request
-    def lone(self, service: Service) -> dict:
+    def lone(self, service: Service) -> Lone:
         texts = self.sentences(self.config.lone_samples, seed=21, short=True)
         engine = self.offline_engine(self.settings.inter_threads, self.settings.intra_threads)
         sources = [engine.encode_as_service([text], *self.config.pair, self.max_decoding_length) for text in texts]
@@ -383,30 +268,28 @@ class Bench:
         ok = [s for s in samples if s.status == 200]
         service_ms = [s.latency_ms for s in ok]
         overhead = [s.latency_ms - o for s, o in zip(samples, offline) if s.status == 200]
-        return {
-            "samples": len(texts), "failures": len(samples) - len(ok),
-            "offline_p50_ms": percentile(offline, 0.5), "offline_p99_ms": percentile(offline, 0.99),
-            "service_p50_ms": percentile(service_ms, 0.5), "service_p99_ms": percentile(service_ms, 0.99),
-            "overhead_median_ms": median(overhead), "overhead_p99_ms": percentile(overhead, 0.99),
+        return Lone(
+            samples=len(texts), failures=len(samples) - len(ok),
+            offline_p50_ms=percentile(offline, 0.5), offline_p99_ms=percentile(offline, 0.99),
+            service_p50_ms=percentile(service_ms, 0.5), service_p99_ms=percentile(service_ms, 0.99),
+            overhead_median_ms=median(overhead), overhead_p99_ms=percentile(overhead, 0.99),
             # Standard error of that median (1.25 sigma / sqrt n): how finely this machine's noise lets it be known.
-            "overhead_se_ms": 1.2533 * statistics.stdev(overhead) / math.sqrt(len(overhead)) if len(overhead) > 1 else float("nan"),
+            overhead_se_ms=1.2533 * statistics.stdev(overhead) / math.sqrt(len(overhead)) if len(overhead) > 1 else float("nan"),
             # Everything but the engine call, from the service's own headers: client latency - x-inference-time.
-            "outside_engine_median_ms": median([s.latency_ms - s.inference_ms for s in ok]),
-            "server_non_engine_median_ms": median([s.server_total_ms - s.inference_ms for s in ok]),
-            "http_client_median_ms": median([s.latency_ms - s.server_total_ms for s in ok]),
-            "engine_call_vs_offline_median_ms": median([s.inference_ms - o for s, o in zip(samples, offline) if s.status == 200]),
-            "queue_median_ms": median([s.queue_ms for s in ok]),
-        }
+            outside_engine_median_ms=median([s.latency_ms - s.inference_ms for s in ok]),
+            server_non_engine_median_ms=median([s.server_total_ms - s.inference_ms for s in ok]),
+            http_client_median_ms=median([s.latency_ms - s.server_total_ms for s in ok]),
+            engine_call_vs_offline_median_ms=median([s.inference_ms - o for s, o in zip(samples, offline) if s.status == 200]),
+            queue_median_ms=median([s.queue_ms for s in ok]),
+        )
 
     # --- e. concurrency
-    def concurrency(self, service: Service) -> dict:
-        rows = []
+    def concurrency(self, service: Service) -> Concurrency:
         self.load(service, 4, self.sentences(4, seed=98), quiet=True)  # warm-up
-        for clients in self.config.concurrency:
-            rows.append(self.load(service, clients, self.texts_for(clients)))
-        return {"rows": rows, "client_processes": self.config.client_processes}
+        rows = tuple(self.load(service, clients, self.texts_for(clients)) for clients in self.config.concurrency)
+        return Concurrency(rows=rows, client_processes=self.config.client_processes)
 
-    def load(self, service: Service, clients: int, texts: list[str], *, check: bool = False, quiet: bool = False) -> dict:
+    def load(self, service: Service, clients: int, texts: list[str], *, check: bool = False, quiet: bool = False) -> LoadRow:
         """Closed loop, `clients` clients over `client_processes` processes; `check`: compare the answers with the
         known translations (toy text), counting the exact ones."""
         config = self.config
@@ -414,29 +297,29 @@ class Bench:
             service.url, texts, clients, processes=config.client_processes, from_lang=config.pair[0], to_lang=config.pair[1],
             time_limit=config.load_time_limit, check=config.text_source if check else None,
         )
-        row = {
-            "clients": clients, "requests": result.requests, "sent": len(result.samples), "failures": result.failures,
-            "statuses": {str(k): v for k, v in result.statuses.items()},
-            "seconds": result.seconds, "output_tokens": result.output_tokens,
-            "tokens_per_s": result.tokens_per_second, "requests_per_s": result.requests_per_second,
-            "p50_ms": result.latency(0.5), "p99_ms": result.latency(0.99),
-            "queue_p50_ms": result.server("queue_ms", 0.5), "inference_p50_ms": result.server("inference_ms", 0.5),
-            "client_processes": result.processes, "clients_per_process": result.clients_per_process,
-        }
-        if check:
-            row.update(checked=result.checked, exact=result.exact)
+        row = LoadRow(
+            clients=clients, requests=result.requests, sent=len(result.samples), failures=result.failures,
+            statuses={str(k): v for k, v in result.statuses.items()},
+            seconds=result.seconds, output_tokens=result.output_tokens,
+            tokens_per_s=result.tokens_per_second, requests_per_s=result.requests_per_second,
+            p50_ms=result.latency(0.5), p99_ms=result.latency(0.99),
+            queue_p50_ms=result.server("queue_ms", 0.5), inference_p50_ms=result.server("inference_ms", 0.5),
+            client_processes=result.processes, clients_per_process=tuple(result.clients_per_process),
+            checked=result.checked if check else None, exact=result.exact if check else None,
+        )
         if not quiet:
             log(f"load: {clients} clients ({result.processes} client processes), {result.requests} requests: "
-                f"{row['tokens_per_s']:.1f} tokens/s, p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
-                f"failures {row['failures']}" + (f", exact {result.exact}/{result.checked}" if result.checked else ""))
+                f"{row.tokens_per_s:.1f} tokens/s, p50 {row.p50_ms:.0f} ms, p99 {row.p99_ms:.0f} ms, "
+                f"failures {row.failures}" + (f", exact {result.exact}/{result.checked}" if result.checked else ""))
         return row
 
     # --- b. efficiency: the service against the best offline run on the same sentences
-    def efficiency(self) -> dict:
-        rows = self.results["concurrency"]["rows"]
-        service_row = max(rows, key=lambda r: r["clients"])
-        texts = self.texts_for(service_row["clients"])
-        cores = self.results["machine"]["usable_cores"]
+    def efficiency(self) -> Efficiency:
+        if self.results.concurrency is None:
+            raise RuntimeError("efficiency needs the concurrency section's loads")
+        service_row = max(self.results.concurrency.rows, key=lambda r: r.clients)
+        texts = self.texts_for(service_row.clients)
+        cores = self.results.machine.usable_cores
         s = self.settings
         # The service's own split and batch size, another batch size, and one worker with every core (CPU) or
         # one worker with the biggest batch (GPU).
@@ -448,7 +331,7 @@ class Bench:
             other = 16 if s.max_batch_size >= 32 else 32
             candidates = [(s.inter_threads, s.intra_threads, s.max_batch_size), (s.inter_threads, s.intra_threads, other),
                           (1, cores, max(s.max_batch_size, other))]
-        offline = []
+        offline: list[OfflineRow] = []
         for inter, intra, batch in dict.fromkeys(candidates):
             engine = self.offline_engine(inter, intra)
             sources = engine.encode_as_service(texts, *self.config.pair, self.max_decoding_length)
@@ -462,60 +345,62 @@ class Bench:
             timed = [run(sources) for _ in range(self.config.efficiency_repeats)]
             engine.close()
             best = min(timed, key=lambda t: t.seconds)
-            offline.append({"inter_threads": inter, "intra_threads": intra, "max_batch_size": batch, "inputs": len(sources),
-                            "seconds": best.seconds, "output_tokens": best.output_tokens, "tokens_per_s": best.tokens_per_second,
-                            "runs": len(timed), "tokens_per_s_runs": [t.tokens_per_second for t in timed]})
+            offline.append(OfflineRow(
+                inter_threads=inter, intra_threads=intra, max_batch_size=batch, inputs=len(sources),
+                seconds=best.seconds, output_tokens=best.output_tokens, tokens_per_s=best.tokens_per_second,
+                runs=len(timed), tokens_per_s_runs=tuple(t.tokens_per_second for t in timed),
+            ))
             log(f"offline {inter}x{intra} max_batch_size {batch}: {best.tokens_per_second:.1f} tokens/s (best of {len(timed)})")
-        best = max(offline, key=lambda r: r["tokens_per_s"])
-        return {
-            "clients": service_row["clients"], "sentences": len(texts), "service_tokens_per_s": service_row["tokens_per_s"],
-            "service_output_tokens": service_row["output_tokens"], "offline": offline, "best_offline_tokens_per_s": best["tokens_per_s"],
-            "client_processes": service_row.get("client_processes", 1),
-            "ratio": service_row["tokens_per_s"] / best["tokens_per_s"] if best["tokens_per_s"] else float("nan"),
-        }
+        fastest = max(offline, key=lambda r: r.tokens_per_s)
+        return Efficiency(
+            clients=service_row.clients, sentences=len(texts), service_tokens_per_s=service_row.tokens_per_s,
+            service_output_tokens=service_row.output_tokens, offline=tuple(offline), best_offline_tokens_per_s=fastest.tokens_per_s,
+            client_processes=service_row.client_processes,
+            ratio=service_row.tokens_per_s / fastest.tokens_per_s if fastest.tokens_per_s else float("nan"),
+        )
 
     # --- h. the service against a plain transformers service
-    def baseline(self, service: Service) -> dict:
+    def baseline(self, service: Service) -> Baseline:
         """The same single-record closed loop on the service and on the baseline, each client count back to back,
         the same sentences on both (those of section e, at most `baseline_max_requests`)."""
         config = self.config
-        rows = []
+        rows: list[BaselineRow] = []
         with self.baseline_service() as baseline:
-            self.results.setdefault("cold_start_s", {})["baseline (transformers)"] = baseline.cold_start_s
+            self.results = self.results.with_server("baseline (transformers)", cold_start_s=baseline.cold_start_s)
             self.load(baseline, 4, self.sentences(4, seed=98), quiet=True)  # warm-up, as the service had
             for clients in config.baseline_concurrency:
                 texts = self.texts_for(clients)[: config.baseline_max_requests]
                 ours = self.load(service, clients, texts, check=True)
                 theirs = self.load(baseline, clients, texts, check=True)
-                rows.append({
-                    "clients": clients, "service": ours, "baseline": theirs,
-                    "tokens_per_s_ratio": _ratio(ours["tokens_per_s"], theirs["tokens_per_s"]),
-                    "p50_ratio": _ratio(theirs["p50_ms"], ours["p50_ms"]),  # > 1: the baseline is slower
-                    "p99_ratio": _ratio(theirs["p99_ms"], ours["p99_ms"]),
-                })
-                log(f"baseline: {clients} clients: service/baseline tokens/s {rows[-1]['tokens_per_s_ratio']:.2f}x, "
-                    f"baseline/service p50 {rows[-1]['p50_ratio']:.2f}x")
-            self.results.setdefault("memory_kib", {})["baseline (transformers)"] = baseline.memory_kib()
-        return {
-            "rows": rows, "command": baseline.describe(), "beam_size": self.settings.beam_size,
-            "fixed_length": config.baseline_fixed_length, "dtype": "float16" if config.device == "cuda" else "float32",
-        }
+                rows.append(BaselineRow(
+                    clients=clients, service=ours, baseline=theirs,
+                    tokens_per_s_ratio=_ratio(ours.tokens_per_s, theirs.tokens_per_s),
+                    p50_ratio=_ratio(theirs.p50_ms, ours.p50_ms),  # > 1: the baseline is slower
+                    p99_ratio=_ratio(theirs.p99_ms, ours.p99_ms),
+                ))
+                log(f"baseline: {clients} clients: service/baseline tokens/s {rows[-1].tokens_per_s_ratio:.2f}x, "
+                    f"baseline/service p50 {rows[-1].p50_ratio:.2f}x")
+            self.results = self.results.with_server("baseline (transformers)", memory_kib=baseline.memory_kib())
+        return Baseline(
+            rows=tuple(rows), command=baseline.describe(), beam_size=self.settings.beam_size,
+            fixed_length=config.baseline_fixed_length, dtype="float16" if config.device == "cuda" else "float32",
+        )
 
     # --- c. batching off vs on (on: measured on the defaults service just before)
-    def batching(self, on: dict) -> dict:
+    def batching(self, on: LoadRow) -> Batching:
         texts = self.sentences(self.config.batching_requests, seed=31)
         with self.service("batching-off", MT_BATCHING="off") as service:
-            self.results["cold_start_s"]["batching off"] = service.cold_start_s
+            self.results = self.results.with_server("batching off", cold_start_s=service.cold_start_s)
             off = self.load(service, self.config.batching_clients, texts)
-            self.results["memory_kib"]["batching off"] = service.memory_kib()
-        return {"on": on, "off": off, "gain": on["tokens_per_s"] / off["tokens_per_s"] if off["tokens_per_s"] else float("nan")}
+            self.results = self.results.with_server("batching off", memory_kib=service.memory_kib())
+        return Batching(on=on, off=off, gain=on.tokens_per_s / off.tokens_per_s if off.tokens_per_s else float("nan"))
 
     # --- g. other settings, same load
-    def settings_sweep(self) -> list[dict]:
+    def settings_sweep(self) -> tuple[SettingsRow, ...]:
         """Each setting in a fresh service under the same load; `settings_rounds` interleaved rounds
         (A B C ... A B C ...) so that a burst of noise on a shared machine hits every setting alike."""
         texts = self.sentences(self.config.settings_requests, seed=41)
-        runs: dict[str, list[dict]] = {}
+        runs: dict[str, list[_Round]] = {}
         for round_ in range(self.config.settings_rounds):
             for label, overrides, clients in self.config.settings:
                 clients = clients or self.config.settings_clients
@@ -524,27 +409,37 @@ class Bench:
                     lone = run_lone(service.url, self.sentences(self.config.settings_lone, seed=51, short=True), *self.config.pair)
                     row = self.load(service, clients, texts)
                     memory = service.memory_kib()
-                runs.setdefault(label, []).append({
-                    **row, "cold_start_s": service.cold_start_s, "peak_rss_mib": memory.get("VmHWM", 0) / 1024,
-                    "lone_ms": median([sample.latency_ms for sample in lone if sample.status == 200]),
-                })
+                runs.setdefault(label, []).append(_Round(
+                    load=row, cold_start_s=service.cold_start_s, peak_rss_mib=memory.get("VmHWM", 0) / 1024,
+                    lone_ms=median([sample.latency_ms for sample in lone if sample.status == 200]),
+                ))
         rows = []
         for label, overrides, _ in self.config.settings:
             measured = runs[label]
             statuses: dict[str, int] = {}
             for run in measured:
-                for status, count in run["statuses"].items():
+                for status, count in run.load.statuses.items():
                     statuses[status] = statuses.get(status, 0) + count
-            rows.append({
-                "label": label, "env": overrides, "clients": measured[0]["clients"], "requests": measured[0]["requests"],
-                "rounds": len(measured), "statuses": statuses,
-                "tokens_per_s": median([r["tokens_per_s"] for r in measured]),
-                "tokens_per_s_runs": [r["tokens_per_s"] for r in measured],
-                "p50_ms": median([r["p50_ms"] for r in measured]), "p99_ms": median([r["p99_ms"] for r in measured]),
-                "peak_rss_mib": max(r["peak_rss_mib"] for r in measured), "cold_start_s": median([r["cold_start_s"] for r in measured]),
-                "lone_ms": median([r["lone_ms"] for r in measured]),
-            })
-        return rows
+            rows.append(SettingsRow(
+                label=label, env=overrides, clients=measured[0].load.clients, requests=measured[0].load.requests,
+                rounds=len(measured), statuses=statuses,
+                tokens_per_s=median([r.load.tokens_per_s for r in measured]),
+                tokens_per_s_runs=tuple(r.load.tokens_per_s for r in measured),
+                p50_ms=median([r.load.p50_ms for r in measured]), p99_ms=median([r.load.p99_ms for r in measured]),
+                peak_rss_mib=max(r.peak_rss_mib for r in measured), cold_start_s=median([r.cold_start_s for r in measured]),
+                lone_ms=median([r.lone_ms for r in measured]),
+            ))
+        return tuple(rows)
+
+
+@dataclass(frozen=True)
+class _Round:
+    """One setting's service in one round of the sweep."""
+
+    load: LoadRow
+    cold_start_s: float
+    peak_rss_mib: float
+    lone_ms: float
 
 
 def _ratio(a: float, b: float) -> float:
@@ -553,23 +448,6 @@ def _ratio(a: float, b: float) -> float:
 
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
-
-
-def _relative(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return _relative(value)
-    return value
 
 
 def ensure_toy_model(model_dir: Path) -> None:
@@ -583,6 +461,6 @@ def ensure_toy_model(model_dir: Path) -> None:
         pass
     from convert.m2m100 import convert
 
-    log(f"converting {_relative(TOY_HF_DIR)} to {_relative(model_dir)}")
+    log(f"converting {relative(TOY_HF_DIR)} to {relative(model_dir)}")
     convert(str(TOY_HF_DIR), model_dir, "int8", force=True)
 

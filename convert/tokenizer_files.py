@@ -41,8 +41,8 @@ def write_m2m100_tokenizer(directory: Path, spm_model: bytes, *, model_max_lengt
 
     language_tokens = [f"__{code}__" for code in FAIRSEQ_LANGUAGE_CODES["m2m100"]]
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>"}
-    special_tokens_map = {**specials, "additional_special_tokens": language_tokens}
-    tokenizer_config = {
+    special_tokens_map: dict[str, object] = {**specials, "additional_special_tokens": language_tokens}
+    tokenizer_config: dict[str, object] = {
         "tokenizer_class": "M2M100Tokenizer",
         "src_lang": None,
         "tgt_lang": None,

@@ -89,8 +89,8 @@ class TextSource:
         the service splits them, with the source language's rules."""
         if self.name != "toy":
             return None
-        from service import segment
         from loadtest.toy_task import LANG_RULES, expected_translation
+        from service import segment
 
         if to_lang not in LANG_RULES:
             return None

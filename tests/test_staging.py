@@ -32,10 +32,9 @@ def test_a_failed_build_leaves_the_previous_output_and_no_staging(tmp_path):
     output = tmp_path / "out"
     output.mkdir()
     (output / "keep.txt").write_text("previous")
-    with pytest.raises(RuntimeError, match="disk full"):
-        with staging_directory(output) as staging:
-            (staging / "half.bin").write_bytes(b"half")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"), staging_directory(output) as staging:
+        (staging / "half.bin").write_bytes(b"half")
+        raise RuntimeError("disk full")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert sorted(p.name for p in output.iterdir()) == ["keep.txt"]
 

@@ -24,6 +24,9 @@ METADATA = {
     "labels": {
         "app.kubernetes.io/name": "translation",
         "app.kubernetes.io/part-of": "translation",
+        "app.kubernetes.io/managed-by": "kustomize",
+        # = service/__init__.py's __version__ (tests/test_k8s.py checks it).
+        "app.kubernetes.io/version": "0.1.0",
         # The label kube-prometheus-stack's Prometheus selects rules by (release name); adjust.
         "release": "kube-prometheus-stack",
     },

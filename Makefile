@@ -43,7 +43,7 @@ venv-dev: $(VENV)/.installed-dev ## plus convert, tests, load tests, benchmarks
 # transitive pins to their newest versions; without it they stay where the lock has them.
 LOCK_ARGS ?=
 lock: venv-dev ## regenerate requirements/runtime.lock (the image's pins, with hashes) after editing requirements/runtime.txt
-	$(VENV)/bin/uv pip compile requirements/runtime.txt --universal --python-version 3.11 --generate-hashes \
+	$(VENV)/bin/uv pip compile --quiet requirements/runtime.txt --universal --python-version 3.11 --generate-hashes \
 		--custom-compile-command "make lock" --output-file requirements/runtime.lock $(LOCK_ARGS)
 
 convert: venv-convert ## convert SOURCE into MODEL_DIR (QUANTIZATION=int8; FORCE=1 overwrites)

@@ -177,7 +177,8 @@ def test_make_lock_regenerates_the_lock_with_hashes_from_runtime_txt():
     result = run(["make", "-n", "lock", "VENV=/nonexistent"], cwd=ROOT,
                  env={k: v for k, v in os.environ.items() if not k.startswith("MAKE")}, timeout=60)
     [command] = [shlex.split(line) for line in result.stdout.replace("\\\n", " ").splitlines() if " pip compile " in line]
-    assert command[0].endswith("/uv") and command[1:4] == ["pip", "compile", "requirements/runtime.txt"]
+    assert command[0].endswith("/uv") and command[1:3] == ["pip", "compile"]
+    assert [word for word in command[3:] if not word.startswith("-")][0] == "requirements/runtime.txt"
     assert "--generate-hashes" in command and "--universal" in command
     assert command[command.index("--output-file") + 1] == "requirements/runtime.lock"
     assert command[command.index("--custom-compile-command") + 1] == "make lock"

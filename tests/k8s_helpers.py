@@ -19,6 +19,8 @@ K8S = ROOT / "k8s"
 KUBERNETES_VERSION = "1.33"
 NAMESPACE = "translation"
 MANIFEST_IMAGE = "ghcr.io/example-org/m2m100-ct2-service"
+# The overlays whose pods run on GPU nodes (tests/test_cluster.py checks them against the node group).
+GPU_OVERLAYS = ("gpu", "staging", "prod")
 # The recommended labels (kubernetes.io/docs/concepts/overview/working-with-objects/common-labels).
 RECOMMENDED_LABELS = (
     "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",

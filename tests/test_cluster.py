@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.k8s_helpers import (
+    GPU_OVERLAYS,
     K8S,
     KUBERNETES_VERSION,
     RECOMMENDED_LABELS,
@@ -33,7 +34,6 @@ from tests.k8s_helpers import (
     validate_strictly,
     workloads,
 )
-from tests.test_k8s import GPU_OVERLAYS
 
 CLUSTER = K8S / "cluster" / "cluster.yaml"
 AUTOSCALER = K8S / "cluster" / "autoscaler"

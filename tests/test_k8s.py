@@ -21,6 +21,7 @@ import yaml
 import service
 from service.logs import JsonFormatter
 from tests.k8s_helpers import (
+    GPU_OVERLAYS,
     K8S,
     KUBERNETES_VERSION,
     MANIFEST_IMAGE,
@@ -48,8 +49,6 @@ from tests.k8s_helpers import (
 ENVIRONMENTS = ("dev", "staging", "prod")
 OVERLAYS = ("cpu", "gpu", "cpu-full", "monitoring", *ENVIRONMENTS)
 SERVICE_OVERLAYS = ("cpu", "gpu", "cpu-full", *ENVIRONMENTS)
-# The overlays whose pods run on GPU nodes (tests/test_cluster.py checks them against the node group).
-GPU_OVERLAYS = ("gpu", "staging", "prod")
 # app.kubernetes.io/instance per overlay: the environments name themselves, the flavours are "translation".
 INSTANCES = {"dev": "translation-dev", "staging": "translation-staging", "prod": "translation-prod"}
 PORT = 9527

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from convert.staging import publish, staging_directory
@@ -219,5 +219,5 @@ def _build_manifest(source: str, revision: str | None, quantization: str, langua
             "torch": torch.__version__,
             "sentencepiece": sentencepiece.__version__,
         },
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )

@@ -206,7 +206,7 @@ class Batcher(Generic[Item, Result]):
                     self._hand_out(expired, None, timeout, 0.0, 0.0)
                 if batch:
                     self._execute(batch)
-            except Exception:  # noqa: BLE001 - a bug here must not leave the service without workers
+            except Exception:
                 log.exception("batcher worker error; going on")
 
     def _next_batch(self) -> tuple[list[_Entry], list[_Entry]] | None:
@@ -291,7 +291,7 @@ class Batcher(Generic[Item, Result]):
 def _call_hook(hook: Callable, *args) -> None:
     try:
         hook(*args)
-    except Exception:  # noqa: BLE001 - a metrics hook must never take a worker down
+    except Exception:
         log.exception("batcher hook %s failed", getattr(hook, "__name__", hook))
 
 

@@ -109,7 +109,7 @@ async def _serve(
     except ClientGone:
         status = 499  # nginx's code for it: nobody is left to answer
         info["client_gone"] = True
-    except Exception:  # noqa: BLE001 - never a traceback to the client
+    except Exception:
         status = 500
         log.exception("unexpected error on %s (request %s)", scope["path"], request_id)
         await _send(send, 500, ApiError("internal error; see the server log").body(), request_id, started, [])

@@ -66,7 +66,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _discarding = False  # refused: what still arrives is read and dropped until the connection closes
 
     # --- the connection
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._arm("head")  # a fresh connection owes us a request head
 

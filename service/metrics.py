@@ -15,9 +15,9 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     Info,
-    GCCollector,
     PlatformCollector,
     ProcessCollector,
 )

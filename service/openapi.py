@@ -60,7 +60,10 @@ def _json(schema: dict, description: str) -> dict:
 def _document(max_records: int, max_text_chars: int, max_body_bytes: int, languages: tuple[str, ...]) -> dict:
     record_id = {
         "oneOf": [{"type": "string"}, {"type": "integer", "minimum": ID_MINIMUM, "maximum": ID_MAXIMUM}],
-        "description": "echoed (a number written 2.0 as the integer it equals, below 2**53); fractions, and integers beyond 64 bits or written with a decimal point beyond 2**53, are refused with 422 (send them as strings)",
+        "description": (
+            "echoed (a number written 2.0 as the integer it equals, below 2**53); fractions, and integers beyond 64 bits "
+            "or written with a decimal point beyond 2**53, are refused with 422 (send them as strings)"
+        ),
     }
     record = {
         "type": "object",

@@ -10,7 +10,7 @@
 #   make health-check URL=https://...         one real translation through the public routes, and
 #                                             /languages (TRANSLATION_API_KEY when keys are on)
 #   make monitoring                           ServiceMonitor, alerts, dashboard, adapter rules
-#   make k8s-validate                         render every overlay and validate it offline
+#   make k8s-validate                         render every overlay and the cluster autoscaler, validate offline
 
 SYSTEM_PYTHON ?= python3
 DOCKER ?= docker
@@ -74,8 +74,8 @@ health-check: ## POST URL/translation until ready, check the translation and /la
 monitoring: ## apply the ServiceMonitor, PrometheusRule, Grafana dashboard and adapter rules
 	$(KUBECTL) apply -k k8s/overlays/monitoring
 
-k8s-validate: ## render every overlay and validate it (kubernetes-validate --strict, K8S_VERSION)
-	@set -e; for overlay in $(K8S_OVERLAYS); do \
-	  echo "k8s/overlays/$$overlay"; \
-	  $(KUBECTL) kustomize k8s/overlays/$$overlay | $(KUBERNETES_VALIDATE) --strict --quiet -k $(K8S_VERSION) -; \
+k8s-validate: ## render every overlay and the cluster autoscaler and validate them (kubernetes-validate --strict, K8S_VERSION)
+	@set -e; for dir in $(addprefix k8s/overlays/,$(K8S_OVERLAYS)) k8s/cluster/autoscaler; do \
+	  echo "$$dir"; \
+	  $(KUBECTL) kustomize $$dir | $(KUBERNETES_VALIDATE) --strict --quiet -k $(K8S_VERSION) -; \
 	done

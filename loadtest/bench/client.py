@@ -24,6 +24,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from loadtest.harness import metric_value
+
 OUTPUT_TOKENS = "translation_output_tokens_total"
 
 
@@ -182,10 +184,7 @@ async def metric(url: str, name: str) -> float:
         status, _, payload = await connection.request("GET", "/metrics")
     if status != 200:
         raise RuntimeError(f"/metrics answered {status}")
-    for line in payload.decode().splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[1])
-    return 0.0
+    return metric_value(payload.decode(), name)
 
 
 async def post_one(

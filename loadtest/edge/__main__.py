@@ -26,8 +26,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from loadtest.bench import machine
-from loadtest.bench.server import ROOT, Service
+from loadtest.bench.server import Service
 from loadtest.edge import wrk
+from loadtest.harness import metric_value
+from loadtest.paths import ROOT
 from loadtest.texts import TextSource
 
 TOY_HF_DIR = ROOT / "tests" / "fixtures" / "toy-m2m100"
@@ -107,13 +109,7 @@ def scrape(url: str, name: str) -> float:
         text = connection.getresponse().read().decode()
     finally:
         connection.close()
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and not sample.labels:
-                return sample.value
-    return 0.0
+    return metric_value(text, name)
 
 
 def measure(server: Service, script: Path, config: EdgeConfig, *, label: str, engine: bool) -> CpuRow:

@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from loadtest.bench.server import ROOT, Service, free_port, proc_status  # noqa: F401 - re-exported for the steps
-from tests.fixtures.toy_task import WORDS, expected_translation
+from loadtest.bench.server import Service  # noqa: F401 - re-exported for the steps
+from loadtest.harness import metric_samples, proc_status
+from loadtest.paths import ROOT
+from loadtest.toy_task import WORDS, expected_translation
 
 WORK_DIR = ROOT / "reports" / "reliability"
 MODEL_DIR = WORK_DIR / "toy-int8"
@@ -109,16 +111,9 @@ def health(url: str, sentence: str = "alpha bravo") -> dict:
 
 
 def scrape(url: str) -> dict[str, float]:
-    """Every unlabelled sample (and `name{labels}` for labelled ones) of /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
+    """Every sample of /metrics, keyed `name` or `name{labels}` (loadtest.harness.metric_samples)."""
     _, data, _ = get(url, "/metrics")
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(data.decode()):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
+    return metric_samples(data.decode())
 
 
 def quantile(values: list[float], q: float) -> float:

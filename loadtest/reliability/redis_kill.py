@@ -12,43 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from loadtest.reliability.common import Service, body, free_port, get, log, quantile, scrape
+from loadtest.harness import start_redis
+from loadtest.reliability.common import Service, body, get, log, quantile, scrape
 from loadtest.texts import TextSource
-from tests.fixtures.toy_task import expected_translation
+from loadtest.toy_task import expected_translation
 
 TARGETS = ("en", "fr", "de")
-
-
-class RedisMissing(RuntimeError):
-    pass
-
-
-def start_redis(work_dir: Path) -> tuple[subprocess.Popen, int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RedisMissing("redis-server is not installed (scripts/install_system_deps.sh installs it)")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(work_dir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5).ping():
-                return process, port
-        except redis.RedisError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not answer PING within 10 s")
 
 
 def redis_keys(port: int) -> int:
@@ -103,9 +76,8 @@ def run(model_dir: Path, work_dir: Path, *, clients: int = 16, seconds: float = 
     redis_process, port = start_redis(work_dir)
     env = {"MT_REDIS_URL": f"redis://127.0.0.1:{port}/0", "MT_LOG_LEVEL": "warning"}
     try:
-        first = Service.ct2(model_dir, env, work_dir / "service-redis-1.log").start()
-        second = Service.ct2(model_dir, env, work_dir / "service-redis-2.log").start()
-        try:
+        with Service.ct2(model_dir, env, work_dir / "service-redis-1.log") as first, \
+                Service.ct2(model_dir, env, work_dir / "service-redis-2.log") as second:
             before = [scrape(s.url) for s in (first, second)]
 
             def kill() -> int:
@@ -119,9 +91,6 @@ def run(model_dir: Path, work_dir: Path, *, clients: int = 16, seconds: float = 
             after = [scrape(s.url) for s in (first, second)]
             ready = [get(s.url, "/readyz")[0] for s in (first, second)]
             alive = [s.process.poll() is None for s in (first, second)]
-        finally:
-            first.stop()
-            second.stop()
     finally:
         if redis_process.poll() is None:
             redis_process.kill()

@@ -8,8 +8,7 @@ import os
 import pytest
 
 from service.access import AccessError, ApiKeys, FairUse
-from tests.conftest import AppClient, build_app, metric_value
-from tests.test_service_api import SlowEngine
+from tests.helpers import AppClient, SlowEngine, build_app, metric_value, until
 
 
 class Clock:
@@ -122,8 +121,9 @@ async def test_one_client_cannot_fill_the_whole_queue(toy_model_dir):
     # Keys off: the client is its address. A queue of 8 gives each client at most 4 sentences in flight.
     app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.3), max_queue=8, inter_threads=1)
     async with AppClient(app) as client:
+        client.engine.batches.clear()  # the warm-up
         first = asyncio.create_task(client.translate("en", "fr", ["alpha.", "bravo.", "charlie."]))
-        await asyncio.sleep(0.1)
+        await until(lambda: client.engine.batches, what="the first request's batch running")
         refused = await client.translate("en", "fr", ["delta. echo."])
         assert refused.status_code == 429
         assert refused.json()["error"] == {

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from service.batcher import Batcher, BatcherClosed, BatchStats, QueueFull, QueueTimeout
+from tests.helpers import until, wait_for
 
 
 class Recorder:
@@ -41,15 +42,6 @@ class Recorder:
         finally:
             with self._lock:
                 self.running -= 1
-
-
-async def until(condition, timeout: float = 5.0) -> None:
-    """Waits until condition() holds (checked every millisecond), or fails the test."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.001)
 
 
 def make(run, **overrides) -> Batcher[str, str]:
@@ -202,7 +194,7 @@ async def test_concurrency_runs_batches_in_parallel():
     run.release.clear()
     tasks = [asyncio.create_task(values(batcher, [f"p{i}"])) for i in range(4)]
     await until(lambda: run.running == 2)
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # kept: a third batch would have started by now if the limit let it
     assert run.running == 2  # and no more
     run.release.set()
     assert [await t for t in tasks] == [[f"P{i}"] for i in range(4)]
@@ -279,7 +271,7 @@ async def test_items_that_waited_past_the_queue_timeout_fail_and_are_not_compute
 
 
 async def test_batches_keep_running_while_the_event_loop_is_busy():
-    """The worker threads take and run batches on their own: a loop blocked for 0.3 s doesn't stop them."""
+    """The worker threads take and run batches on their own: a blocked event loop doesn't stop them."""
     calls: list[float] = []
 
     def timed(items):
@@ -289,8 +281,9 @@ async def test_batches_keep_running_while_the_event_loop_is_busy():
     batcher = make(timed, max_batch_size=1)
     tasks = [asyncio.create_task(batcher.submit([f"b{i}"])) for i in range(5)]
     await asyncio.sleep(0)  # all five are queued
-    time.sleep(0.3)  # the event loop is stuck (a flood of requests)
-    assert len(calls) == 5  # every batch ran meanwhile
+    # The event loop is stuck (a flood of requests): this blocking wait never yields to it, so the five
+    # batches can only run on the worker threads.
+    wait_for(lambda: len(calls) == 5, timeout=5, interval=0.005, what="five batches run while the loop is blocked")
     assert [(await task)[0].value for task in tasks] == [f"b{i}" for i in range(5)]
     await batcher.close()
 

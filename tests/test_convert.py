@@ -14,9 +14,9 @@ import ctranslate2
 import pytest
 
 from convert.m2m100 import QUANTIZATIONS, ConversionError, convert
+from loadtest.toy_task import WORDS, expected_translation
 from service.model_dir import read_manifest
-from tests.conftest import ROOT, TOY_CHECKPOINT
-from tests.fixtures.toy_task import WORDS, expected_translation
+from tests.helpers import ROOT, TOY_CHECKPOINT
 
 CPU_QUANTIZATIONS = [q for q in QUANTIZATIONS if q in ctranslate2.get_supported_compute_types("cpu")]
 TARGETS = ("en", "fr", "de")

@@ -9,10 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from loadtest.toy_task import expected_translation
 from service.detect import LanguageDetector
 from service.languages import NAMES, detectable, model_code
-from tests.conftest import ROOT, AppClient, build_app, metric_value
-from tests.fixtures.toy_task import expected_translation
+from tests.helpers import ROOT, AppClient, build_app, metric_value
 
 SAMPLE = json.loads((ROOT / "tests" / "fixtures" / "language_sample.json").read_text(encoding="utf-8"))
 SAMPLE.pop("_about")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
-import threading
 import time
+import urllib.request
 
 import uvicorn
 
 from service.http_protocol import HOLD_READING, protocol_class
-from tests.conftest import free_port
+from tests.helpers import free_port, metric_value, uvicorn_in_thread, wait_for
 
 
 async def tiny_app(scope, receive, send):
@@ -48,22 +49,16 @@ class TinyServer:
         self.port = free_port()
         options = {"header_timeout": 10.0, "body_timeout": 10.0, "draining": lambda: False, **protocol}
         keep_alive = options.pop("keep_alive", 5.0)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, loop="uvloop", http=protocol_class(**options),
-                                lifespan="off", log_level="warning", timeout_keep_alive=keep_alive)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=self.port, loop="uvloop", http=protocol_class(**options),
+                                     lifespan="off", log_level="warning", timeout_keep_alive=keep_alive)
+        self._serving = contextlib.ExitStack()
 
     def __enter__(self) -> TinyServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
+        self._serving.enter_context(uvicorn_in_thread(self.config))
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self._serving.close()
 
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=5)
@@ -91,7 +86,7 @@ def test_the_service_holds_a_connection_it_refused_for_overload(toy_model_dir, s
         # The slow client takes the only slot: its request is in flight while its body trickles in.
         full = request("/translation", body)
         slow.sendall(full[:-10])
-        time.sleep(0.3)
+        wait_for(lambda: in_flight(service.url) == 1, timeout=10, what="the slow request in flight")
         refused, refusal = exchange_json(eager, request("/translation", body))
         assert refused.startswith(b"HTTP/1.1 429") and b"retry-after: 1" in refused.lower()
         slow.sendall(full[-10:])
@@ -102,6 +97,12 @@ def test_the_service_holds_a_connection_it_refused_for_overload(toy_model_dir, s
     assert retried.startswith(b"HTTP/1.1 200")
     assert refusal < 0.5
     assert held >= 0.6  # about 1 s, less the time the slow request took
+
+
+def in_flight(url: str) -> float:
+    """The service's requests in flight, from /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        return metric_value(response.read().decode(), "translation_in_flight_requests")
 
 
 def exchange_json(connection: socket.socket, data: bytes) -> tuple[bytes, float]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from loadtest import slo
+from tests.helpers import ROOT, ServerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
 LOCUST_TIMEOUT = 60
 
 
@@ -38,22 +38,14 @@ def checker(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def toy_service(toy_model_dir, tmp_path_factory):
-    """One toy service for the module (start_service is function-scoped)."""
-    from tests.conftest import ServiceProcess, free_port, wait_until_ready
-
-    port = free_port()
+    """One toy service for the module (start_service is function-scoped). Locust's users all come from
+    127.0.0.1 but stand for many clients: no per-client share."""
     log_path = tmp_path_factory.mktemp("loadtest") / "service.log"
-    command = [sys.executable, "-m", "service", "--model-dir", str(toy_model_dir), "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_path, "wb") as log_file:
-        # Locust's users all come from 127.0.0.1 but stand for many clients: no per-client share.
-        environment = {**os.environ, "PYTHONUNBUFFERED": "1", "MT_CLIENT_MAX_SENTENCES": "100000"}
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log_file, stderr=subprocess.STDOUT)
-    handle = ServiceProcess(f"http://127.0.0.1:{port}", process, log_path)
+    service = ServerProcess.service(toy_model_dir, {"MT_CLIENT_MAX_SENTENCES": "100000"}, log_path)
     try:
-        wait_until_ready(handle.url, process, log_path)
-        yield handle
+        yield service.start(timeout=60)
     finally:
-        handle.stop(timeout=15)
+        service.stop(timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from loadtest.bench.server import Service
 from loadtest.reliability import hostile, overload, raw, redis_kill, report, soak, spec
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
 

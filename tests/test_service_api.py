@@ -6,11 +6,10 @@ import asyncio
 import time
 
 import orjson
-
 import pytest
 
 from loadtest.toy_task import expected_translation
-from tests.conftest import ROOT, AppClient, build_app, metric_value
+from tests.helpers import ROOT, AppClient, SlowEngine, build_app, metric_value, until
 
 SENTENCES = ["alpha bravo charlie.", "delta echo", "foxtrot golf hotel india.", "juliet"]
 
@@ -168,11 +167,12 @@ async def test_bad_requests_get_their_status_code_and_message(client, body, stat
 
 async def test_body_over_the_limit_is_refused_before_it_is_read(toy_model_dir):
     async with AppClient(build_app(toy_model_dir, max_body_bytes=1000)) as client:
-        big = payload(records=[{"id": "1", "text": "alpha " * 300}])
-        response = await client.http.post("/translation", json=big)
+        big = orjson.dumps(payload(records=[{"id": "1", "text": "alpha " * 300}]))
+        response = await client.http.post("/translation", content=big, headers={"content-type": "application/json"})
         assert response.status_code == 413
-        assert response.json()["error"] == {"code": "payload_too_large", "message": response.json()["error"]["message"]}
-        assert "the limit is 1000" in response.json()["error"]["message"]
+        assert response.json()["error"] == {
+            "code": "payload_too_large", "message": f"request body is {len(big)} bytes; the limit is 1000",
+        }
 
         async def chunks():  # no content-length: refused while streaming
             for _ in range(50):
@@ -231,20 +231,6 @@ async def test_integer_ids_keep_64_bits_and_larger_ones_get_a_clear_422(client):
     )
 
 
-class SlowEngine:
-    """Wraps the real engine; each engine call takes `delay` seconds more (a busy machine)."""
-
-    def __init__(self, engine, delay: float) -> None:
-        self._engine, self._delay = engine, delay
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def translate(self, jobs):
-        time.sleep(self._delay)
-        return self._engine.translate(jobs)
-
-
 async def test_overload_gets_429_with_retry_after_and_accepted_requests_complete(toy_model_dir):
     # One test client stands for many: its own share (client_max_sentences) must not be what refuses it.
     app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.2), max_queue=4, max_batch_size=2, inter_threads=1,
@@ -296,24 +282,23 @@ async def test_an_engine_error_fails_only_that_batchs_requests_and_service_goes_
 
 
 async def test_a_client_that_leaves_is_not_translated(toy_model_dir):
-    calls: list[list] = []
-
-    class Recording(SlowEngine):
-        def translate(self, jobs):
-            calls.append([job.source for job in jobs])
-            return super().translate(jobs)
-
-    app = build_app(toy_model_dir, wrap_engine=lambda e: Recording(e, 0.3), inter_threads=1)
+    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.3), inter_threads=1)
     async with AppClient(app) as client:
-        calls.clear()
+        batches = client.engine.batches
+        batches.clear()  # the warm-up
         blocker = asyncio.create_task(client.translate("en", "fr", ["alpha"]))
-        await asyncio.sleep(0.05)
+        await until(lambda: batches, what="the first batch running")
         leaver = asyncio.create_task(client.translate("en", "fr", ["bravo charlie delta"]))
-        await asyncio.sleep(0.05)
+        await until(lambda: client.runtime.batcher.queue_depth == 1, what="the second sentence queued")
         leaver.cancel()  # the client hangs up while its sentence waits in the queue
+        with pytest.raises(asyncio.CancelledError):
+            await leaver
+        assert client.runtime.batcher.queue_depth == 0  # withdrawn at once
         assert (await blocker).status_code == 200
-        await asyncio.sleep(0.1)
-        assert not any("▁delta" in source for batch in calls for source in batch)
+        # The queue is first in, first out: had the sentence stayed, it would run no later than this one.
+        assert (await client.translate("en", "fr", ["echo golf"])).status_code == 200
+        assert len(batches) == 2
+        assert not any("▁delta" in source for batch in batches for source in batch)
 
 
 class CountingEngine(SlowEngine):
@@ -330,7 +315,7 @@ async def test_over_the_in_flight_limit_429_comes_before_the_body_is_read(toy_mo
     app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.3), max_in_flight=1, inter_threads=1)
     async with AppClient(app) as client:
         first = asyncio.create_task(client.translate("en", "fr", ["alpha bravo"]))
-        await asyncio.sleep(0.1)  # the first request holds the only slot, waiting for the engine
+        await until(lambda: client.runtime.in_flight == 1, what="the first request holding the only slot")
         body_read = []
 
         async def body():
@@ -352,8 +337,10 @@ async def test_a_full_queue_refuses_before_the_cache_lookup_and_tokenizing(toy_m
     app = build_app(toy_model_dir, wrap_engine=lambda e: CountingEngine(e, 0.3), max_queue=3, max_batch_size=1, inter_threads=1,
                     client_max_sentences=100)
     async with AppClient(app) as client:
+        client.engine.batches.clear()  # the warm-up
         first = asyncio.create_task(client.translate("en", "fr", ["alpha.", "bravo.", "charlie."]))
-        await asyncio.sleep(0.1)  # "alpha." runs; "bravo." and "charlie." wait: room for one more
+        # "alpha." runs; "bravo." and "charlie." wait: room for one more.
+        await until(lambda: client.engine.batches and client.runtime.batcher.queue_depth == 2, what="alpha. running")
         before = (await client.http.get("/metrics")).text
         encoded = CountingEngine.encoded
         refused = await client.translate("en", "fr", ["delta echo. golf hotel."])  # two sentences
@@ -367,18 +354,12 @@ async def test_a_full_queue_refuses_before_the_cache_lookup_and_tokenizing(toy_m
 
 
 async def test_a_sentence_that_waited_past_the_queue_timeout_gets_503_and_is_not_translated(toy_model_dir):
-    calls: list = []
-
-    class Recording(SlowEngine):
-        def translate(self, jobs):
-            calls.append([job.source for job in jobs])
-            return super().translate(jobs)
-
-    app = build_app(toy_model_dir, wrap_engine=lambda e: Recording(e, 0.4), queue_timeout_seconds=0.1, inter_threads=1)
+    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.4), queue_timeout_seconds=0.1, inter_threads=1)
     async with AppClient(app) as client:
-        calls.clear()
+        calls = client.engine.batches
+        calls.clear()  # the warm-up
         first = asyncio.create_task(client.translate("en", "fr", ["alpha"]))
-        await asyncio.sleep(0.05)
+        await until(lambda: calls, what="the first batch running")
         late = await client.translate("en", "fr", ["bravo charlie delta"])
         assert late.status_code == 503
         assert late.headers["retry-after"] == "1"

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, metric_value
-from tests.fixtures.toy_task import WORDS, expected_translation
+from loadtest.toy_task import WORDS, expected_translation
+from tests.helpers import ROOT, ServerProcess, metric_value, start_redis, until
 
 pytestmark = pytest.mark.slow
 
@@ -83,21 +83,7 @@ def test_200_concurrent_requests_get_their_translations_in_shared_batches(toy_mo
 def redis_server(tmp_path):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (make test installs it)")
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            import redis
-
-            if redis.Redis(port=port, socket_timeout=0.5).ping():
-                break
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.05)
+    process, port = start_redis(tmp_path)
     yield port, process
     process.kill()
     process.wait(5)
@@ -135,16 +121,19 @@ def test_sigterm_during_a_burst_answers_every_accepted_request(toy_model_dir, st
     sentences = distinct_sentences(120)
 
     async def burst():
+        answered = []
         async with httpx.AsyncClient(base_url=service.url, timeout=60, limits=httpx.Limits(max_connections=300)) as client:
             async def one(i):
-                await asyncio.sleep(i * 0.01)  # a steady stream over ~3.6 s
+                await asyncio.sleep(i * 0.01)  # a steady stream over ~3.6 s: the load's shape, kept
                 try:
-                    return await client.post("/translation", json=body("en", "fr", [sentences[i % 120]] * 3 + [f"{sentences[(i + 1) % 120]}"]))
+                    response = await client.post("/translation", json=body("en", "fr", [sentences[i % 120]] * 3 + [f"{sentences[(i + 1) % 120]}"]))
                 except httpx.TransportError as error:
                     return error
+                answered.append(i)
+                return response
 
             async def terminate():
-                await asyncio.sleep(0.6)
+                await until(lambda: len(answered) > 60, seconds=30, what="61 answers before the signal")
                 service.process.send_signal(signal.SIGTERM)
                 for _ in range(40):  # within the 1 s shutdown delay /readyz must turn 503
                     await asyncio.sleep(0.02)
@@ -196,13 +185,10 @@ def test_bad_configuration_stops_the_start_with_one_line(toy_model_dir, args, en
 def test_a_model_that_fails_to_load_stops_the_process_instead_of_hanging_unready(toy_model_dir, tmp_path):
     broken = Path(shutil.copytree(toy_model_dir, tmp_path / "broken"))
     (broken / "model.bin").write_bytes(b"not a model")
-    port = free_port()
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "--model-dir", str(broken), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 1
-    assert "model failed to start" in result.stderr and "Traceback" not in result.stderr
+    service = ServerProcess.service(broken, log_path=tmp_path / "service.log")
+    with pytest.raises(RuntimeError, match="service exited with 1"):
+        service.start(timeout=60)
+    assert "model failed to start" in service.log() and "Traceback" not in service.log()
 
 
 def test_sigterm_with_30_keep_alive_clients_at_full_load_resets_no_connection(toy_model_dir, start_service):
@@ -213,8 +199,11 @@ def test_sigterm_with_30_keep_alive_clients_at_full_load_resets_no_connection(to
     sentences = distinct_sentences(60)
     deadline = time.monotonic() + 20  # every client stops by then, whatever happens
 
+    every_client_answers: list[list] = []
+
     async def client(index: int) -> tuple[list, list, bool]:
         answers, failures = [], []
+        every_client_answers.append(answers)
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)  # one kept-alive connection each
         async with httpx.AsyncClient(base_url=service.url, timeout=30, limits=limits) as http:
             turn = index
@@ -233,7 +222,8 @@ def test_sigterm_with_30_keep_alive_clients_at_full_load_resets_no_connection(to
 
     async def run():
         clients = [asyncio.create_task(client(i)) for i in range(30)]
-        await asyncio.sleep(1.0)  # full load
+        # Full load: more than 300 answers (10 a client) before the signal.
+        await until(lambda: sum(map(len, every_client_answers)) > 300, seconds=15, what="300 answers")
         service.process.send_signal(signal.SIGTERM)
         return await asyncio.gather(*clients)
 

@@ -6,15 +6,24 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import random
 import subprocess
 import sys
 import textwrap
 import tracemalloc
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 
-from service.cache import ENTRY_OVERHEAD, CacheKey, LruCache, RedisCache, cache_key, entry_bytes
+from service.cache import (
+    ENTRY_OVERHEAD,
+    CacheKey,
+    LruCache,
+    RedisCache,
+    cache_key,
+    entry_bytes,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EMOJI = "😀🎉"  # 4 bytes a character in a str: the costliest text per character
@@ -41,6 +50,46 @@ async def test_a_get_refreshes_recency_so_the_least_recently_used_entry_leaves_f
     assert await cache.get_many([key("a"), key("b"), key("c"), key("d")]) == ["v-a", None, "v-c", "v-d"]
     assert len(cache) == 3
     assert cache.evictions == 1
+
+
+async def test_storing_a_key_again_refreshes_its_recency_too():
+    cache = LruCache(max_bytes=3 * entry_bytes("v-a"))
+    await cache.set_many([(key("a"), "v-a"), (key("b"), "v-b"), (key("c"), "v-c")])
+    await cache.set_many([(key("a"), "w-a")])  # a is the most recent now, with its new value
+
+    await cache.set_many([(key("d"), "v-d")])
+
+    assert await cache.get_many([key("a"), key("b"), key("c"), key("d")]) == ["w-a", None, "v-c", "v-d"]
+    assert cache.evictions == 1
+
+
+async def test_a_random_workload_matches_a_reference_lru_step_by_step():
+    """Gets and sets of random sentences with values of random sizes, against a plain model of an LRU bounded
+    by bytes: the same entries in the same order, the same evictions, and never above the budget."""
+    rng = random.Random(20)
+    budget = 40 * entry_bytes("x" * 20)
+    cache = LruCache(max_bytes=budget)
+    model: OrderedDict[str, str] = OrderedDict()  # sentence -> value, least recently used first
+    evictions = 0
+    for step in range(3000):
+        sentence = f"s{rng.randrange(120)}"
+        if rng.random() < 0.4:
+            expected = model.get(sentence)
+            if expected is not None:
+                model.move_to_end(sentence)
+            assert await cache.get_many([key(sentence)]) == [expected], step
+        else:
+            value = "v" * rng.randrange(1, 60)
+            model.pop(sentence, None)
+            model[sentence] = value
+            while sum(map(entry_bytes, model.values())) > budget:
+                model.popitem(last=False)
+                evictions += 1
+            await cache.set_many([(key(sentence), value)])
+        assert cache.used_bytes == sum(map(entry_bytes, model.values())) <= budget, step
+        assert (len(cache), cache.evictions) == (len(model), evictions), step
+    assert evictions > 500  # the budget was what bounded the cache, over and over
+    assert await cache.get_many([key(s) for s in model]) == list(model.values())
 
 
 async def test_the_byte_budget_evicts_as_many_entries_as_a_large_one_needs():
@@ -355,6 +404,9 @@ async def test_an_outage_is_reported_skipped_during_the_back_off_and_recovered(c
     clock.now += 0.02  # the window is over; Redis is tried again and still fails
     assert await cache.get_many([key("a")]) == [None]
     assert fake.calls == 2 and statuses == [False, False]  # each failure is counted (cache_errors)
+    clock.now += RedisCache.BACKOFF_SECONDS - 0.01  # and each failure starts a new back-off
+    assert await cache.get_many([key("a")]) == [None]
+    assert fake.calls == 2
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "redis cache unavailable" in warnings[0].getMessage()
 
@@ -364,6 +416,23 @@ async def test_an_outage_is_reported_skipped_during_the_back_off_and_recovered(c
     assert await cache.get_many([key("a")]) == ["v-a"]
     assert statuses[-1] is True
     assert any(r.getMessage() == "redis cache is back" for r in caplog.records)
+
+
+async def test_a_failed_write_starts_the_back_off_too():
+    fake, clock, statuses = FakeRedis(), FakeClock(), []
+    cache = redis_cache(fake, clock, statuses)
+    fake.failing = True
+
+    await cache.set_many([(key("a"), "v-a")])
+    assert fake.calls == 1 and statuses == [False]
+    assert await cache.get_many([key("a"), key("b")]) == ["v-a", None]  # the local LRU kept it; Redis left alone
+    assert fake.calls == 1
+
+    fake.failing = False
+    clock.now += RedisCache.BACKOFF_SECONDS
+    await cache.set_many([(key("c"), "v-c")])
+    assert fake.calls == 2 and statuses == [False, True]
+    assert list(fake.data.values()) == [b"v-c"]
 
 
 async def test_close_closes_the_client():

@@ -69,7 +69,11 @@ class Manifest:
                     f"manifest format_version {version} is not supported (expected {FORMAT_VERSION}); "
                     "re-run `python -m convert` with this version of the project"
                 )
-            languages = tuple(str(code) for code in data["languages"])
+            listed = data["languages"]
+            # A string is iterable too: "en" must not become ("e", "n").
+            if not isinstance(listed, list) or not all(isinstance(code, str) and code for code in listed):
+                raise ModelDirError(f"manifest field 'languages' must be a list of language codes, got {listed!r}")
+            languages = tuple(listed)
             if not languages:
                 raise ModelDirError("manifest lists no languages")
             return cls(

@@ -159,6 +159,8 @@ def test_malformed_special_tokens(model_dir):
     assert message.startswith("manifest has a malformed field: ") and "'sep'" in message
 
 
-def test_a_languages_field_that_is_not_a_list(model_dir):
-    rewrite(model_dir, lambda data: data.update(languages=5))
-    assert error_of(model_dir).startswith("manifest has a malformed field: ")
+@pytest.mark.parametrize("languages", [5, "en", ["en", 7], ["en", ""], {"en": True}])
+def test_a_languages_field_that_is_not_a_list_of_codes(model_dir, languages):
+    # A string is iterable: "en" once read as the two languages "e" and "n".
+    rewrite(model_dir, lambda data: data.update(languages=languages))
+    assert error_of(model_dir) == f"manifest field 'languages' must be a list of language codes, got {languages!r}"

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from loadtest.paths import ROOT, relative
+
 SAMPLE_FILE = ROOT / "tests" / "fixtures" / "language_sample.json"
 DEFAULT_MODEL_DIR = ROOT / "models" / "bench-m2m100-418m" / "ct2-int8"
 REPEATS = 5
@@ -135,7 +136,7 @@ def report(found: list[Candidate], missing: list[str], costs: dict[str, float] |
         ratio = costs["detect_us"] / costs["translate_us"]
         lines += [
             "",
-            f"Side by side on `{model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir}` "
+            f"Side by side on `{relative(model_dir)}` "
             f"(beam 2, batches of {BATCH}, decoding capped at {DECODE_CAP} tokens), {int(costs['sentences'])} sentences:",
             "",
             "| work | µs per sentence |",

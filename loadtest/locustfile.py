@@ -12,8 +12,8 @@ sends fromLang "auto" instead, and each of its results must carry a detectedLang
 
 --text-source toy uses the toy checkpoint's words (loadtest/toy_task.py) and checks every
 translation against the expected output (--verify words: the same words, which catches results mixed up
-between records or requests while tolerating the toy model's occasional lost full stop; exact; off); english uses English-like sentences in the benchmark
-checkpoint's vocabulary (any real M2M100 model accepts them too).
+between records or requests while tolerating the toy model's occasional lost full stop; exact; off); english uses
+English-like sentences in the benchmark checkpoint's vocabulary (any real M2M100 model accepts them too).
 
 Every HTTP request is named "/translation", so Locust's stats have one row for the objectives. The service's
 timing headers are recorded as extra Locust entries of type TIMING, in milliseconds: "total-time"

@@ -34,8 +34,7 @@ from pathlib import Path
 from convert.staging import publish, staging_directory
 from convert.tokenizer_files import FAIRSEQ_SPECIALS, NUM_MADEUP_WORDS, write_m2m100_tokenizer
 from loadtest.bench_sentences import corpus, sentences
-
-ROOT = Path(__file__).resolve().parent.parent
+from loadtest.paths import ROOT
 
 DEFAULT_OUTPUT = ROOT / "models" / "bench-m2m100-418m" / "hf"
 SEED = 0

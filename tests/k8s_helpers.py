@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from loadtest.paths import ROOT
+
 K8S = ROOT / "k8s"
 KUBERNETES_VERSION = "1.33"
 NAMESPACE = "translation"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.paths import ROOT
 from service.cache import (
     ENTRY_OVERHEAD,
     CacheKey,
@@ -25,7 +26,6 @@ from service.cache import (
     entry_bytes,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 EMOJI = "😀🎉"  # 4 bytes a character in a str: the costliest text per character
 
 

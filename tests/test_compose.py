@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from loadtest.paths import ROOT
 from tests.test_dockerfile import parse_dockerfile
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 MONITORING = ROOT / "k8s" / "components" / "monitoring"
 REDIS_MANIFEST = ROOT / "k8s" / "components" / "redis" / "redis.yaml"

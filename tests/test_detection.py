@@ -4,7 +4,6 @@ model, POST /detect, GET /languages, and the drift metrics (issue 10)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import orjson
 import pytest

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from loadtest.paths import ROOT
+
 DOCKERFILE = ROOT / "Dockerfile"
 MODEL_DIR = "/models/m2m100"
 PORT = "9527"

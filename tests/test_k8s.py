@@ -435,7 +435,9 @@ def test_selectors_name_only_what_never_changes(overlay):
     for doc in docs:
         for where, labels in _selectors(doc.get("spec", {})):
             found += 1
-            volatile = set(labels) & {"app.kubernetes.io/instance", "app.kubernetes.io/version", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by"}
+            volatile = set(labels) & {
+                "app.kubernetes.io/instance", "app.kubernetes.io/version", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by",
+            }
             assert not volatile, f"{overlay}: {doc['kind']}/{doc['metadata']['name']} spec{where} selects on {sorted(volatile)}"
     assert found >= (1 if overlay == "monitoring" else 4)
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from loadtest.paths import ROOT
+
 MONITORING = ROOT / "k8s" / "components" / "monitoring"
 RULES_FILE = MONITORING / "alerts.rules.yml"
 RULES_TESTS = MONITORING / "alerts.test.yml"

@@ -246,7 +246,7 @@ async def _clients(
     concurrency: int,
     from_lang: str,
     to_lang: str,
-    timeout: float,
+    request_timeout: float,
     time_limit: float,
     check: str | None,
 ) -> list[Sample]:
@@ -263,13 +263,13 @@ async def _clients(
     deadline = now() + time_limit
 
     async def worker() -> None:
-        async with Connection(url, timeout) as connection:
+        async with Connection(url, request_timeout) as connection:
             while pending and now() < deadline:
                 i = pending.pop()
                 sent = now()
                 try:
                     samples.append(await post_one(connection, texts[i], from_lang, to_lang, indices[i], expected[i]))
-                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
                     samples.append(Sample(float("nan"), 0, index=indices[i], sent_at=sent, done_at=now()))
                     return  # the connection is in an unknown state: this client stops
 

@@ -6,9 +6,9 @@ import os
 import platform
 import subprocess
 from importlib import metadata
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from loadtest.paths import ROOT
+
 PACKAGES = ("ctranslate2", "torch", "transformers", "sentencepiece", "starlette", "uvicorn", "httpx", "locust")
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 

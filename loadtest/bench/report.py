@@ -179,7 +179,8 @@ def _machine(results: BenchResults, config: Config) -> list[str]:
         "## Machine and method", "",
         table(["", ""], rows), "",
         "Commands:", "", *commands, "",
-        f"Service settings in this run (its defaults, plus any `--set`): {settings}. The cache is off in every benchmarked service (`MT_CACHE_SIZE=0`) "
+        f"Service settings in this run (its defaults, plus any `--set`): {settings}. "
+        "The cache is off in every benchmarked service (`MT_CACHE_SIZE=0`) "
         "and every sentence is distinct, so every request is real engine work.", "",
         "The load client (`loadtest/bench/client.py`: raw asyncio HTTP/1.1 on kept-alive connections, closed loop, one single-record request per "
         f"client at a time) runs in **{config.client_processes} process(es)**, each with its share of the clients and sentences "
@@ -347,7 +348,8 @@ def _settings(results: BenchResults, plots: AbstractSet[str]) -> list[str]:
         + (f"; {rounds} interleaved rounds (every setting once, then again, so that noise on a shared machine hits "
            "them alike), medians shown and each round's tokens/s listed; HTTP statuses summed over the rounds"
            if rounds > 1 else "") + ". A 429 means the queue was full.", "",
-        table(["setting", "lone request ms", "clients", "tokens/s", "per round", "p50 ms", "p99 ms", "HTTP statuses", "peak RSS MiB", "cold start s"], table_rows), "",
+        table(["setting", "lone request ms", "clients", "tokens/s", "per round", "p50 ms", "p99 ms", "HTTP statuses",
+               "peak RSS MiB", "cold start s"], table_rows), "",
     ]
     if "settings.png" in plots:
         out += ["![tokens/s per setting](img/settings.png)", ""]

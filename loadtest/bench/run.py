@@ -199,18 +199,24 @@ class Bench:
         all_texts = self.sentences(max(config.engine_batches), seed=11)
         log(f"engine: loading transformers ({hf_dtype}) from {relative(config.hf_dir)}")
         hf = HfEngine(config.hf_dir, device=config.device, dtype=hf_dtype)
-        ct2 = {ct: Ct2Engine(config.model_dir, device=config.device, compute_type=ct, inter_threads=threads[0], intra_threads=threads[1]) for ct in compute_types}
+        ct2 = {
+            ct: Ct2Engine(config.model_dir, device=config.device, compute_type=ct, inter_threads=threads[0], intra_threads=threads[1])
+            for ct in compute_types
+        }
         reference = f"transformers {hf_dtype}"
         rows: list[EngineRow] = []
         for batch in config.engine_batches:
             texts = all_texts[:batch]
             sources = next(iter(ct2.values())).encode(texts, src)
             for beam in config.engine_beams:
+                # Each call binds its engine, inputs and beam now (default arguments): they run in this iteration.
                 calls: dict[str, Callable[[], Timed]] = {
-                    f"ctranslate2 {ct}": (lambda e=engine, b=beam: e.translate(sources, tgt, beam_size=b, max_decoding_length=length, min_decoding_length=length))
+                    f"ctranslate2 {ct}": (
+                        lambda e=engine, b=beam, x=sources: e.translate(x, tgt, beam_size=b, max_decoding_length=length, min_decoding_length=length)
+                    )
                     for ct, engine in ct2.items()
                 }
-                calls[reference] = lambda b=beam: hf.translate(texts, src, tgt, beam_size=b, new_tokens=config.tokens)
+                calls[reference] = lambda b=beam, x=texts: hf.translate(x, src, tgt, beam_size=b, new_tokens=config.tokens)
                 warm = {name: call() for name, call in calls.items()}
                 runs: dict[str, list[Timed]] = {name: [] for name in calls}
                 for _ in range(config.engine_repeats):
@@ -336,7 +342,7 @@ class Bench:
             engine = self.offline_engine(inter, intra)
             sources = engine.encode_as_service(texts, *self.config.pair, self.max_decoding_length)
 
-            def run(inputs: list[list[str]]) -> Timed:
+            def run(inputs: list[list[str]], engine: Ct2Engine = engine, batch: int = batch) -> Timed:
                 return engine.translate(inputs, self.config.pair[1], beam_size=s.beam_size,
                                         max_decoding_length=self.max_decoding_length, max_batch_size=batch)
 

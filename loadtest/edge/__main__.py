@@ -30,6 +30,7 @@ from loadtest.bench.server import Service
 from loadtest.edge import wrk
 from loadtest.harness import metric_value
 from loadtest.paths import ROOT
+from loadtest.stats import nearest_rank
 from loadtest.texts import TextSource
 
 TOY_HF_DIR = ROOT / "tests" / "fixtures" / "toy-m2m100"
@@ -185,8 +186,8 @@ def overload(config: EdgeConfig, script: Path, probe_body: bytes) -> dict:
         "overload_socket_errors": flood.socket_errors,
         "ratio": flood.good_per_s / capacity.good_per_s if capacity.good_per_s else float("nan"),
         "probe": {"requests": len(samples), "refused": len(refused), "served": len(served),
-                  "refused_p50_ms": _quantile(refused, 0.5), "refused_p99_ms": _quantile(refused, 0.99),
-                  "served_p50_ms": _quantile(served, 0.5), "served_p99_ms": _quantile(served, 0.99)},
+                  "refused_p50_ms": nearest_rank(refused, 0.5), "refused_p99_ms": nearest_rank(refused, 0.99),
+                  "served_p50_ms": nearest_rank(served, 0.5), "served_p99_ms": nearest_rank(served, 0.99)},
         "again_good_per_s": again,
         "rss_before_mib": rss_before / 1024,
         "rss_after_mib": rss_after / 1024,
@@ -197,13 +198,6 @@ def overload(config: EdgeConfig, script: Path, probe_body: bytes) -> dict:
         f"RSS {result['rss_before_mib']:.0f} -> {result['rss_after_mib']:.0f} -> "
         + " -> ".join(f"{mib:.0f}" for mib in rss_again) + " MiB over the floods")
     return result
-
-
-def _quantile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def run(config: EdgeConfig) -> Results:

@@ -116,12 +116,5 @@ def scrape(url: str) -> dict[str, float]:
     return metric_samples(data.decode())
 
 
-def quantile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def rss_mib(pid: int) -> float:
     return proc_status(pid).get("VmRSS", 0) / 1024

@@ -180,7 +180,7 @@ def _idle_connections(port: int, count: int = 200) -> raw.Exchange:
                     if not chunk:
                         break
                     data += chunk
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 still_open += 1
             except ConnectionResetError:
                 pass
@@ -225,7 +225,7 @@ def _half_closed(port: int) -> raw.Exchange:
             response = raw.read_response(reader)
             if response is not None:
                 outcome.responses.append(response)
-        except (TimeoutError, socket.timeout, ValueError, ConnectionResetError) as error:
+        except (TimeoutError, ValueError, ConnectionResetError) as error:
             outcome.error = repr(error)
     outcome.seconds = time.monotonic() - started
     return outcome
@@ -504,7 +504,8 @@ def cases() -> list[Case]:
     add("the HTTP/2 preface", g, once(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), BAD)
     add("a TLS ClientHello", g, once(bytes.fromhex("16030100a5010000a10303") + bytes(64)), BAD)
     add("empty lines only", g, once(b"\r\n\r\n\r\n"), TIMEOUT, silent_ok=True, closes=True,
-        seconds=(HEADER_TIMEOUT_S * 0.9, HEADER_TIMEOUT_S + 3), note="blank lines may precede a request line, but they must not stop the head timer: otherwise one CRLF holds a connection open for good")
+        seconds=(HEADER_TIMEOUT_S * 0.9, HEADER_TIMEOUT_S + 3),
+        note="blank lines may precede a request line, but they must not stop the head timer: otherwise one CRLF holds a connection open for good")
     add("three pipelined translations", g, once(b"".join(request(translate([s])) for s in toy_sentences(3, offset=700))),
         (OK,), responses=3, answers=tuple(exact(s, "fr") for s in toy_sentences(3, offset=700)))
     add("a translation, a 422 and a translation pipelined", g, once(request(VALID) + request(b"[]") + request(VALID)),

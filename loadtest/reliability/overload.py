@@ -16,7 +16,8 @@ from pathlib import Path
 
 from loadtest.edge import wrk
 from loadtest.edge.__main__ import probe
-from loadtest.reliability.common import Service, log, quantile, rss_mib
+from loadtest.reliability.common import Service, log, rss_mib
+from loadtest.stats import nearest_rank as quantile
 from loadtest.texts import TextSource
 
 QUEUE = 512

@@ -164,9 +164,9 @@ def exchange(
                 try:
                     outcome.leftover = reader.rest()
                     outcome.closed = True
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     outcome.leftover = reader.buffer
-        except (TimeoutError, socket.timeout) as error:
+        except TimeoutError as error:
             outcome.error = f"timeout: {error}"
         except (ConnectionResetError, BrokenPipeError) as error:
             outcome.error = f"reset: {error}"

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loadtest.harness import start_redis
-from loadtest.reliability.common import Service, body, get, log, quantile, scrape
+from loadtest.reliability.common import Service, body, get, log, scrape
+from loadtest.stats import nearest_rank as quantile
 from loadtest.texts import TextSource
 from loadtest.toy_task import expected_translation
 

@@ -275,7 +275,8 @@ def _soak(number: int, s: dict) -> list[str]:
         "clients, so the per-client cap is lifted (MT_CLIENT_MAX_SENTENCES=100000; the queue still bounds the work). "
         f"{s['requests']:,} requests "
         f"({_n(s['achieved_per_s'], 1)}/s), {s['failed']} failed" + (f" ({s['failures']})" if s["failures"] else "")
-        + f"; latency p50 {_n(s['p50_ms'], 1)} ms, p99 {_n(s['p99_ms'], 1)} ms, slowest {_n(s.get('max_ms', float('nan')), 0)} ms. p99 in the first {_n(s['window_s'], 0)} s "
+        + f"; latency p50 {_n(s['p50_ms'], 1)} ms, p99 {_n(s['p99_ms'], 1)} ms, slowest {_n(s.get('max_ms', float('nan')), 0)} ms. "
+        + f"p99 in the first {_n(s['window_s'], 0)} s "
         f"after a {_n(s['warm_up_s'], 0)} s warm-up: {_n(s['p99_first_ms'], 1)} ms; in the last {_n(s['window_s'], 0)} s: "
         f"{_n(s['p99_last_ms'], 1)} ms. RSS (median of each window) {_n(s['rss_after_warm_up_mib'], 1)} → "
         f"{_n(s['rss_end_mib'], 1)} MiB ({_n(s['rss_growth'] * 100, 1)}%), peak {_n(s['rss_max_mib'], 1)} MiB; open file "

@@ -14,7 +14,8 @@ import signal
 import time
 from pathlib import Path
 
-from loadtest.reliability.common import Service, body, exact, log, quantile, toy_sentences
+from loadtest.reliability.common import Service, body, exact, log, toy_sentences
+from loadtest.stats import nearest_rank as quantile
 
 
 async def _clients(service: Service, *, clients: int, load_seconds: float, limit_seconds: float) -> dict:

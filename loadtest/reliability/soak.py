@@ -29,7 +29,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtest.reliability.common import Service, body, log, quantile, rss_mib, scrape
+from loadtest.reliability.common import Service, body, log, rss_mib, scrape
+from loadtest.stats import nearest_rank as quantile
 from loadtest.texts import TextSource
 
 TARGETS = ("en", "fr", "de")

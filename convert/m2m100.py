@@ -7,6 +7,7 @@ interrupted or failed run never leaves a half-written model where the service wo
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -49,6 +50,7 @@ def convert(
         raise ConversionError(f"unknown quantization {quantization!r}; choose one of: {', '.join(QUANTIZATIONS)}")
     if output.exists() and not force:
         raise ConversionError(f"output {output} already exists; pass --force to overwrite it")
+    _require_build_dependencies()
 
     progress(f"resolving checkpoint {source}")
     checkpoint, revision = _resolve_checkpoint(source)
@@ -137,6 +139,19 @@ def _check_checkpoint(checkpoint: Path) -> dict:
     if missing:
         raise ConversionError(f"{checkpoint} lacks the M2M100 tokenizer files: {', '.join(missing)}")
     return config
+
+
+# Conversion needs what only the `convert` extra installs; the service image and `pip install .` lack them.
+BUILD_DEPENDENCIES = ("torch", "transformers", "huggingface_hub")
+
+
+def _require_build_dependencies() -> None:
+    missing = [name for name in BUILD_DEPENDENCIES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConversionError(
+            f"conversion needs {', '.join(missing)}, which this environment lacks: install the convert extra "
+            "(pip install '.[convert]', or make venv-convert); the service image carries only the run time"
+        )
 
 
 def _load_tokenizer(checkpoint: Path):

@@ -209,6 +209,24 @@ def test_unknown_quantization_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_without_the_convert_extra_the_cli_says_what_to_install(tmp_path):
+    # As in the service image or after `pip install .`: torch and transformers cannot be imported.
+    script = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        "import importlib.util; find = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *a: None if name in ('torch', 'transformers') else find(name, *a)\n"
+        "from convert.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(TOY_CHECKPOINT), str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "convert: error: conversion needs torch, transformers, which this environment lacks: install the convert extra "
+        "(pip install '.[convert]', or make venv-convert); the service image carries only the run time"
+    )
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_unreachable_hub_says_so_and_how_to_convert_locally(tmp_path):
     env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
     result = run_cli("facebook/m2m100_418M", str(tmp_path / "out"), env=env)

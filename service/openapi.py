@@ -61,8 +61,8 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
     record_id = {
         "oneOf": [{"type": "string"}, {"type": "integer", "minimum": ID_MINIMUM, "maximum": ID_MAXIMUM}],
         "description": (
-            "echoed (a number written 2.0 as the integer it equals, below 2**53); fractions, and integers beyond 64 bits "
-            "or written with a decimal point beyond 2**53, are refused with 422 (send them as strings)"
+            "echoed exactly; a number written 2.0 or 2e3 is the integer it equals; fractions, and integers beyond 64 bits "
+            "however written, are refused with 422 (send them as strings)"
         ),
     }
     record = {

@@ -8,6 +8,8 @@ them into ApiErrors.
 
 from __future__ import annotations
 
+import decimal
+import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -139,8 +141,6 @@ ERRORS: tuple[type[ApiError], ...] = (
 
 # Integer ids orjson keeps exactly: signed 64-bit up to unsigned 64-bit.
 ID_MINIMUM, ID_MAXIMUM = -(2**63), 2**64 - 1
-# An id written with a decimal point is a double: integral ones are exact only up to 2**53.
-FLOAT_EXACT_LIMIT = 2**53
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,21 @@ class Limits:
 
 def parse_translation_request(body: bytes, languages: Collection[str], limits: Limits) -> TranslationRequest:
     """Parses and validates a request body; raises the ApiError that says what is wrong and where."""
-    document = _json_object(body)
+    try:
+        return _translation_request(_json_object(body), languages, limits)
+    except _InexactNumber:
+        # An id orjson read as a double may have lost digits (9007199254740993.0 reads as ...992, and
+        # 1.0000000000000000001 as 1.0): read the body again with every number exact. Only requests with an id
+        # written with a decimal point or an exponent take this path, so it costs the usual request nothing.
+        exact = json.loads(body, parse_float=decimal.Decimal, parse_int=int)
+        return _translation_request(exact, languages, limits)
+
+
+class _InexactNumber(Exception):
+    """A number was read as a double that may not hold it exactly."""
+
+
+def _translation_request(document: dict, languages: Collection[str], limits: Limits) -> TranslationRequest:
     payload = document.get("payload")
     if payload is None:
         raise ValidationFailed("missing field: payload")
@@ -229,16 +243,7 @@ def _record(index: int, record: Any, limits: Limits) -> Record:
         raise ValidationFailed(f"{where} must be an object with id and text, got {_type_name(record)}")
     if "id" not in record:
         raise ValidationFailed(f"missing field: {where}.id")
-    record_id = record["id"]
-    if isinstance(record_id, float):
-        # JSON Schema's integer includes 2.0: such an id is the integer it equals. Past 2**53 a double no longer
-        # holds every integer (9007199254740993.0 reads as ...992), and a fraction is no integer: both would come
-        # back changed, so they are refused.
-        if not (record_id.is_integer() and abs(record_id) < FLOAT_EXACT_LIMIT):
-            raise ValidationFailed(
-                f"{where}.id must be a string or an integer within 64 bits, got {record_id!r}; send larger ids as strings"
-            )
-        record_id = int(record_id)
+    record_id = _id(record["id"], where)
     if isinstance(record_id, bool) or not isinstance(record_id, str | int):
         raise ValidationFailed(f"{where}.id must be a string or an integer, got {_type_name(record_id)}")
     if "text" not in record:
@@ -249,6 +254,26 @@ def _record(index: int, record: Any, limits: Limits) -> Record:
     if len(text) > limits.max_text_chars:
         raise PayloadTooLarge(f"{where}.text has {len(text)} characters; the limit is {limits.max_text_chars}")
     return Record(record_id, text)
+
+
+def _id(value: Any, where: str) -> Any:
+    """JSON Schema's integer includes 2.0: such an id is the integer it equals, echoed as an integer. A fraction
+    is no integer, and an integer must fit 64 bits (signed or unsigned) to be echoed exactly."""
+    if isinstance(value, float):
+        raise _InexactNumber  # the double may have rounded what was written: read the exact digits
+    written = str(value)
+    if isinstance(value, decimal.Decimal):  # the exact reading (parse_translation_request)
+        # Bounded before converting: an exponent like 1e300 must not become a 300-digit integer.
+        if not value.is_finite() or value != value.to_integral_value() or abs(value) > ID_MAXIMUM:
+            raise _bad_id(where, written)
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not ID_MINIMUM <= value <= ID_MAXIMUM:
+        raise _bad_id(where, written)
+    return value
+
+
+def _bad_id(where: str, written: str) -> ValidationFailed:
+    return ValidationFailed(f"{where}.id must be a string or an integer within 64 bits, got {written}; send larger ids as strings")
 
 
 def _type_name(value: Any) -> str:

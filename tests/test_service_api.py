@@ -226,7 +226,7 @@ async def test_integer_ids_keep_64_bits_and_larger_ones_get_a_clear_422(client):
     response = await client.http.post("/translation", content=too_big, headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["error"]["message"] == (
-        "payload.records[0].id must be a string or an integer within 64 bits, got 1.8446744073709552e+19; "
+        "payload.records[0].id must be a string or an integer within 64 bits, got 18446744073709551616; "
         "send larger ids as strings"
     )
 
@@ -385,12 +385,23 @@ async def test_the_cache_stays_within_its_byte_budget_and_its_metrics_move(toy_m
         assert metric_value(metrics, "translation_cache_evictions_total") > 0  # 64 sentences don't fit 2,000 bytes
 
 
-async def test_an_integral_number_id_is_the_integer_it_equals_while_a_double_holds_it_exactly(client):
-    body = b'{"payload": {"fromLang": "en", "toLang": "fr", "records": [{"id": 2.0, "text": "alpha"}, {"id": -7e3, "text": "b"}]}}'
+async def test_an_integral_number_id_is_the_integer_it_equals_exactly_however_it_is_written(client):
+    # JSON Schema's integer includes 2.0 and 2e3. A double would round 9007199254740993.0 to ...992 and
+    # 1.0000000000000000001 to 1.0: such ids are read from their exact digits, never changed.
+    ids = b"2.0, -7e3, 9007199254740993.0, -9007199254740992.0, 18446744073709551615.0, 1.8e19"
+    records = b", ".join(b'{"id": ' + i.strip() + b', "text": "a"}' for i in ids.split(b","))
+    body = b'{"payload": {"fromLang": "en", "toLang": "fr", "records": [' + records + b"]}}"
     response = await client.http.post("/translation", content=body, headers={"content-type": "application/json"})
-    assert [r["id"] for r in response.json()["result"]] == [2, -7000]
-    for literal in (b"2.5", b"9007199254740993.0", b"1e300"):
+    assert response.status_code == 200, response.text
+    assert b'"id":9007199254740993,' in response.content  # the digits, not a double's neighbour
+    assert [r["id"] for r in response.json()["result"]] == [
+        2, -7000, 9007199254740993, -9007199254740992, 18446744073709551615, 18000000000000000000,
+    ]
+    for literal, written in ((b"2.5", "2.5"), (b"1.0000000000000000001", "1.0000000000000000001"), (b"1e300", "1E+300"),
+                             (b"18446744073709551616.0", "18446744073709551616.0"), (b"-9.3e18", "-9.3E+18")):
         body = b'{"payload": {"fromLang": "en", "toLang": "fr", "records": [{"id": ' + literal + b', "text": "a"}]}}'
         response = await client.http.post("/translation", content=body, headers={"content-type": "application/json"})
         assert response.status_code == 422, literal
-        assert "send larger ids as strings" in response.json()["error"]["message"]
+        assert response.json()["error"]["message"] == (
+            f"payload.records[0].id must be a string or an integer within 64 bits, got {written}; send larger ids as strings"
+        )

@@ -116,6 +116,11 @@ def test_a_tiny_overload_refuses_the_flood_cheaply_and_keeps_serving(toy_model_d
     assert math.isfinite(result["probe"]["refused_p50_ms"]), figures
     # This only catches a collapse (once 0.02 of capacity), not the 0.7 target of the full run.
     assert result["ratio"] > 0.3, figures
+    # Capacity and flood alternate; the ratio is the rounds' median, and the table shows that round.
+    ratios = sorted(r["ratio"] for r in result["rounds"])
+    assert len(ratios) == 3 and result["ratio"] == ratios[1], figures
+    assert {"capacity_good_per_s": result["capacity_good_per_s"], "flood_good_per_s": result["flood_good_per_s"],
+            "ratio": result["ratio"]} in result["rounds"], figures
     assert result["alive_after"], figures
 
 

@@ -85,6 +85,8 @@ class LanguageDetector:
 
     def detect(self, text: str) -> Detection:
         text = text[: self.max_chars]
+        if "\x00" in text:  # fastText reads a C string: it would stop at the first NUL
+            text = text.replace("\x00", " ")
         if not any(character.isalpha() for character in text):
             return self._fallback
         guesses = self._detector.detect(text, model="lite", k=CANDIDATES)

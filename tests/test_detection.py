@@ -53,6 +53,12 @@ def test_text_without_letters_falls_back_with_confidence_zero(detector, text):
     assert (detection.language, detection.confidence, detection.outcome) == ("en", 0.0, "fallback")
 
 
+def test_a_nul_does_not_hide_the_text_after_it(detector):
+    # fastText reads a C string: before the fix it saw only "a" and fell back.
+    detection = detector.detect("a\x00 " + SAMPLE["fr"][0])
+    assert (detection.language, detection.outcome) == ("fr", "detected")
+
+
 def test_an_unconfident_guess_falls_back(detector):
     # Mongolian script: lid.176 has no features for it and answers its prior (en, about 0.12).
     detection = detector.detect("ᠮᠣᠩᠭᠣᠯ")

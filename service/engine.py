@@ -33,6 +33,11 @@ class Job:
     source: tuple[str, ...]  # ["__en__", *pieces, "</s>"]
     target_lang: str
 
+    @property
+    def pieces(self) -> tuple[str, ...]:
+        """The sentence's SentencePiece pieces: the language token and </s> left out."""
+        return self.source[1:-1]
+
 
 @dataclass(frozen=True)
 class Translation:
@@ -129,7 +134,7 @@ class Engine:
 
     def unknown_pieces(self, job: Job) -> int:
         """Source pieces of `job` the model has no embedding for (they reach it as <unk>)."""
-        pieces = job.source[1:-1] if job.source[-1] == self._eos else job.source[1:]
+        pieces = job.pieces
         if self._vocabulary is not None:
             vocabulary = self._vocabulary
             return sum(1 for piece in pieces if piece not in vocabulary)

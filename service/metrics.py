@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from service.cache import LruCache
 from service.detect import OUTCOMES, Detection
+from service.languages import AUTO
 
 # Seconds: from a cache hit (sub-millisecond) to a long document on a busy CPU.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -145,7 +146,7 @@ class Metrics:
         """A request's distinct (source language, sentence) pairs; `from_lang` "auto" counts them as auto mode."""
         if not pairs:
             return
-        if from_lang == "auto":
+        if from_lang == AUTO:
             for language, count in collections.Counter(language for language, _ in pairs).items():
                 self._sentence_child(language, "auto").inc(count)
         else:

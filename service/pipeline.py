@@ -176,7 +176,7 @@ class Pipeline:
             raise QueueWaitExpired(f"the service is behind: {error}; retry shortly", retry_after=RETRY_AFTER_SECONDS) from None
         except BatcherClosed as error:
             raise NotServing(str(error), retry_after=RETRY_AFTER_SECONDS) from None
-        except Exception as error:
+        except Exception as error:  # an engine failure fails this request's batch only
             raise EngineFailure(f"translation failed ({error.__class__.__name__}: {error})") from error
 
         glue = "" if to_lang in segment.NO_SPACE_LANGUAGES else " "

@@ -59,7 +59,6 @@ class Runtime:
         self.batcher: Batcher[Job, Translation] | None = None
         self.cache: Cache | None = None
         self.pipeline: Pipeline | None = None
-        self.detector: LanguageDetector | None = None
         self._load_engine = load_engine
         self._on_fatal = on_fatal
         self._starting: asyncio.Task | None = None
@@ -120,13 +119,13 @@ class Runtime:
         try:
             engine = await asyncio.to_thread(self._load_engine)
             self.engine = engine
-            self.detector = await asyncio.to_thread(self._load_detector)
+            detector = await asyncio.to_thread(self._load_detector)
             self.cache = _build_cache(settings, engine.fingerprint, self.metrics)
             self.batcher = _build_batcher(settings, engine, self.metrics)
             self.batcher.start()
             self.pipeline = Pipeline(
                 engine, self.batcher, self.cache, self.metrics, settings.max_queue, self.fair_use,
-                detector=self.detector, check_every=settings.language_check_every,
+                detector=detector, check_every=settings.language_check_every,
             )  # fmt: skip
             warm_up_lang = "en" if "en" in self.languages else self.manifest.languages[0]
             await self.batcher.submit(engine.encode(WARM_UP_TEXT, warm_up_lang, warm_up_lang))
@@ -183,9 +182,9 @@ def _build_batcher(settings: Settings, engine: Engine, metrics: Metrics) -> Batc
         # Runs in a batcher worker thread; the engine releases the GIL while it computes.
         translations = engine.translate(jobs)
         metrics.output_tokens.inc(sum(len(t.tokens) for t in translations))
-        # Drift signals, counted once per sentence the engine translates (language token and </s> aside).
+        # Drift signals, counted once per sentence the engine translates.
         metrics.observe_engine_sentences(
-            [len(job.source) - 2 for job in jobs],
+            [len(job.pieces) for job in jobs],
             [len(translation.tokens) for translation in translations],
             sum(engine.unknown_pieces(job) for job in jobs),
         )

@@ -23,12 +23,14 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from service import languages
-from service.endpoints import POST_HANDLERS, authorize, bearer, detection, header_list, new_request_id, send_json, translation
+from service.endpoints import POST_HANDLERS, detection, header, header_list, new_request_id, request_log, send_json, translation
 from service.engine import Engine
+from service.errors import RETRY_AFTER_SECONDS, ServiceError
+from service.http_protocol import HOLD_READING
 from service.model_dir import Manifest
 from service.openapi import openapi_document
 from service.runtime import Runtime
-from service.schema import ApiError, MethodNotAllowed, NotFound, Unauthorized
+from service.schema import ApiError, MethodNotAllowed, NotFound, api_error
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -53,13 +55,31 @@ class TranslationApp(Starlette):
             if handler is not None:
                 await handler(self.runtime, scope, receive, send)
                 return
-            if self.runtime.keys is not None and _needs_key(scope["path"], self.runtime):
-                try:
-                    authorize(self.runtime, scope, bearer(scope))
-                except Unauthorized as error:
-                    await send_json(send, 401, error.body(), new_request_id(), time.perf_counter(), header_list(error))
+            if self.runtime.admission.keys is not None and _needs_key(scope["path"], self.runtime):
+                if not await _authenticated(self.runtime, scope, send):
                     return
         await super().__call__(scope, receive, send)
+
+
+async def _authenticated(runtime: Runtime, scope: Scope, send: Send) -> bool:
+    """The API-key check in front of the ordinary routes; answers the refusal itself (401, or 429 for an
+    address that failed too often) and logs it with the caller's address."""
+    admission = runtime.admission
+    caller = admission.caller(scope.get("client"), header(scope, b"x-forwarded-for"))
+    authorization = header(scope, b"authorization")
+    try:
+        admission.authenticate(caller, authorization.decode("latin-1") if authorization else "")
+    except ServiceError as domain_error:
+        error = api_error(domain_error)
+        if error.status == 429 and not caller.proxied:
+            scope[HOLD_READING] = float(error.headers.get("Retry-After", RETRY_AFTER_SECONDS))
+        request_id = new_request_id()
+        await send_json(send, error.status, error.body(), request_id, time.perf_counter(), header_list(error))
+        request_log.info("request", extra={"fields": {
+            "request_id": request_id, "address": caller.address, "path": scope["path"], "status": error.status,
+        }})  # fmt: skip
+        return False
+    return True
 
 
 def create_app(
@@ -140,7 +160,7 @@ async def _healthz(request: Request) -> Response:
 async def _readyz(request: Request) -> Response:
     runtime = _runtime(request.app)
     ready = runtime.ready
-    return JSONResponse({"status": "ready" if ready else runtime.status}, status_code=200 if ready else 503)
+    return JSONResponse({"status": "ready" if ready else str(runtime.status)}, status_code=200 if ready else 503)
 
 
 async def _metrics(request: Request) -> Response:

@@ -2,11 +2,12 @@
 
 They run ahead of Starlette's middleware and routing (service/app.py dispatches to them), because at
 thousands of requests per second those layers cost more CPU than the service's own work
-(docs/edge.md). One handler frame (`_serve`) does what both share: readiness, the API key, fair use,
-the in-flight bound, the error answer, metrics and the request log.
+(docs/edge.md). One handler frame (`_serve`) does what both share: admission (one permit,
+service/admission.py), the body, the error answer, metrics and the request log.
 
-Refuse before work: a request over the in-flight limit gets 429 before its body is read, and the
-pipeline refuses a request whose sentences don't fit the queue before any cache lookup or tokenizing.
+Refuse before work: readiness, the key and the client's rate are decided on the request head, before
+its body is read; the in-flight bound once the body is in (a stalled body holds only a body slot); and
+the pipeline asks for queue room once it has counted the sentences, before any cache lookup or tokenizing.
 """
 
 from __future__ import annotations
@@ -17,22 +18,20 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from service.errors import ServiceError
+from service.admission import Permit
+from service.errors import RETRY_AFTER_SECONDS, ServiceError
 from service.http_protocol import HOLD_READING
-from service.pipeline import RETRY_AFTER_SECONDS, in_thread
+from service.offload import run_sized
 from service.runtime import Runtime
 from service.schema import (
     ApiError,
     Limits,
-    NotReady,
-    Overloaded,
     PayloadTooLarge,
-    RateLimited,
-    Unauthorized,
     UnsupportedMediaType,
     api_error,
     encode_detections,
@@ -45,16 +44,53 @@ log = logging.getLogger("service")
 request_log = logging.getLogger("service.requests")
 
 _JSON = (b"content-type", b"application/json")
-# Bodies above this are parsed and answered off the event loop (service/pipeline.py says why).
-LARGE_BODY_BYTES = 16 * 1024
 
 
 class ClientGone(Exception):
     """The client closed the connection before its answer was ready."""
 
 
-# The work of one endpoint: (runtime, headers, receive, log fields, timing headers) -> response body.
-Work = Callable[[Runtime, "_Headers", Receive, dict[str, Any], list[tuple[bytes, bytes]]], Awaitable[bytes]]
+@dataclass(slots=True)
+class RequestContext:
+    """One request as the edge sees it: who asked, what the work found out (for the request log), and the
+    timing headers of its answer. The work functions fill it in; `_serve` logs it."""
+
+    request_id: str
+    started: float
+    address: str = ""
+    client: str = ""
+    size: int = 0  # body bytes: decides where the request's CPU work runs (service/offload.py)
+    records: int | None = None
+    from_lang: str | None = None
+    to_lang: str | None = None
+    sentences: int | None = None
+    cache_hits: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    texts_count: int | None = None
+    client_gone: bool = False
+    texts: list[str] | None = None  # MT_LOG_TEXT only, for the error log; never in the request log
+    timing: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def log_fields(self, status: int) -> dict[str, Any]:
+        fields: dict[str, Any] = {"request_id": self.request_id, "address": self.address}
+        if self.client:
+            fields["client"] = self.client
+        for name in _LOGGED:
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = value
+        if self.client_gone:
+            fields["client_gone"] = True
+        fields["status"] = status
+        fields["latency_ms"] = round((time.perf_counter() - self.started) * 1000, 3)
+        return fields
+
+
+_LOGGED = ("records", "from_lang", "to_lang", "sentences", "cache_hits", "input_tokens", "output_tokens", "texts_count")
+
+# The work of one endpoint, once admitted and its body in: (runtime, permit, body, receive, context) -> answer.
+Work = Callable[[Runtime, Permit, bytes, Receive, RequestContext], Awaitable[bytes]]
 
 
 async def translation(runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,102 +106,77 @@ POST_HANDLERS = {"/translation": translation, "/detect": detection}
 
 
 async def _serve(
-    runtime: Runtime, scope: Scope, receive: Receive, send: Send, work: Work, count: Callable[[int], None]
+    runtime: Runtime, scope: Scope, receive: Receive, send: Send, work: Work, count: Callable[[int, str], None]
 ) -> None:
-    started = time.perf_counter()
     headers = _Headers(scope)
-    request_id = headers.request_id or new_request_id()
-    info: dict[str, Any] = {"request_id": request_id}
-    timing: list[tuple[bytes, bytes]] = []
-    counted = False
+    context = RequestContext(headers.request_id or new_request_id(), time.perf_counter())
+    admission = runtime.admission
+    caller = admission.caller(scope.get("client"), headers.forwarded_for)
+    context.address = caller.address
+    status, reason = 200, "ok"
     try:
         try:
-            if not runtime.serving:
-                raise NotReady(f"the service is {runtime.status}; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-            client = authorize(runtime, scope, headers.authorization)
-            refusal = runtime.fair_use.admit_request(client)
-            if refusal is not None:
-                raise RateLimited(f"{refusal.reason}; retry shortly", headers={"Retry-After": str(refusal.retry_after)})
-            info["client"] = client
-            if runtime.in_flight >= runtime.settings.max_in_flight:
-                raise Overloaded("the service is at capacity; retry shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-            runtime.in_flight += 1
-            counted = True
-            body = await work(runtime, headers, receive, info, timing)
+            with admission.enter(caller, headers.authorization) as permit:
+                context.client = permit.client
+                body = await _read_json_body(headers, receive, runtime.settings.max_body_bytes)
+                permit.body_received()
+                context.size = len(body)
+                answer = await work(runtime, permit, body, receive, context)
         except ServiceError as error:
             raise api_error(error) from None
-        status = 200
-        await send_json(send, 200, body, request_id, started, timing, close=runtime.status == "draining")
+        await send_json(send, 200, answer, context.request_id, context.started, context.timing, close=runtime.draining)
     except ApiError as error:
-        status = error.status
-        if isinstance(error, Overloaded | RateLimited):
+        status, reason = error.status, error.code
+        if status == 429 and not caller.proxied:
             # Enforce Retry-After on this connection: its next request is read only after it (see
-            # service/http_protocol.py), so clients that retry at once can't starve accepted work.
+            # service/http_protocol.py), so clients that retry at once can't starve accepted work. Never on a
+            # trusted proxy's connection: it carries other clients' requests, which must not wait.
             scope[HOLD_READING] = float(error.headers.get("Retry-After", RETRY_AFTER_SECONDS))
         if status >= 500:
-            texts = f" (texts: {info['texts']!r})" if runtime.settings.log_text and "texts" in info else ""
-            log.error("request %s failed: %s%s", request_id, error.message, texts)
-        await send_json(send, status, error.body(), request_id, started, header_list(error), close=runtime.status == "draining")
+            texts = f" (texts: {context.texts!r})" if context.texts is not None else ""
+            log.error("request %s failed: %s%s", context.request_id, error.message, texts)
+        await send_json(
+            send, status, error.body(), context.request_id, context.started, header_list(error), close=runtime.draining
+        )
     except ClientGone:
-        status = 499  # nginx's code for it: nobody is left to answer
-        info["client_gone"] = True
+        status, reason = 499, "client_gone"  # nginx's code for it: nobody is left to answer
+        context.client_gone = True
     except Exception:
-        status = 500
-        log.exception("unexpected error on %s (request %s)", scope["path"], request_id)
-        await send_json(send, 500, ApiError("internal error; see the server log").body(), request_id, started, [])
-    finally:
-        if counted:
-            runtime.in_flight -= 1
-    elapsed = time.perf_counter() - started
-    count(status)
+        status, reason = 500, "internal_error"
+        log.exception("unexpected error on %s (request %s)", scope["path"], context.request_id)
+        await send_json(send, 500, ApiError("internal error; see the server log").body(), context.request_id, context.started, [])
+    count(status, reason)
     if work is _translate:
-        runtime.metrics.request_duration.observe(elapsed)
+        runtime.metrics.request_duration.observe(time.perf_counter() - context.started)
     if request_log.isEnabledFor(logging.INFO):
-        info.pop("texts", None)  # never in the request log
-        info["status"] = status
-        info["latency_ms"] = round(elapsed * 1000, 3)
-        request_log.info("request", extra={"fields": info})
+        request_log.info("request", extra={"fields": context.log_fields(status)})
 
 
-async def _translate(runtime: Runtime, headers: _Headers, receive: Receive, info: dict, timing: list) -> bytes:
+async def _translate(runtime: Runtime, permit: Permit, body: bytes, receive: Receive, context: RequestContext) -> bytes:
     settings = runtime.settings
-    body = await _read_json_body(headers, receive, settings.max_body_bytes)
-    large = len(body) > LARGE_BODY_BYTES
     limits = Limits(settings.max_records, settings.max_text_chars)
-    parse_args = (body, runtime.languages, limits)
-    parsed = await in_thread(parse_translation_request, *parse_args) if large else parse_translation_request(*parse_args)
-    info.update(records=len(parsed.records), from_lang=parsed.from_lang, to_lang=parsed.to_lang)
-    pipeline = runtime.pipeline
-    assert pipeline is not None  # runtime.serving
+    parsed = await run_sized(context.size, parse_translation_request, body, runtime.languages, limits)
+    context.records, context.from_lang, context.to_lang = len(parsed.records), parsed.from_lang, parsed.to_lang
     texts = [record.text for record in parsed.records]
     if settings.log_text:
-        info["texts"] = texts  # for the error log only (MT_LOG_TEXT)
-    work = pipeline.translate(parsed.from_lang, parsed.to_lang, texts, client=info.get("client", ""))
+        context.texts = texts  # for the error log only (MT_LOG_TEXT)
+    work = permit.serving.pipeline.translate(parsed.from_lang, parsed.to_lang, texts, permit, size=context.size)
     result = await _unless_client_leaves(work, receive)
-    info.update(
-        sentences=result.sentences,
-        cache_hits=result.cache_hits,
-        input_tokens=result.input_tokens,
-        output_tokens=result.output_tokens,
-    )
-    timing.append((b"x-queue-time", f"{result.queue_seconds * 1000:.3f}".encode()))
-    timing.append((b"x-inference-time", f"{result.inference_seconds * 1000:.3f}".encode()))
+    context.sentences, context.cache_hits = result.sentences, result.cache_hits
+    context.input_tokens, context.output_tokens = result.input_tokens, result.output_tokens
+    context.timing.append((b"x-queue-time", f"{result.queue_seconds * 1000:.3f}".encode()))
+    context.timing.append((b"x-inference-time", f"{result.inference_seconds * 1000:.3f}".encode()))
     ids = [record.id for record in parsed.records]
-    encode_args = (ids, result.texts, result.detections)
-    return await in_thread(encode_result, *encode_args) if large else encode_result(*encode_args)
+    return await run_sized(context.size, encode_result, ids, result.texts, result.detections)
 
 
-async def _detect(runtime: Runtime, headers: _Headers, receive: Receive, info: dict, timing: list) -> bytes:
+async def _detect(runtime: Runtime, permit: Permit, body: bytes, receive: Receive, context: RequestContext) -> bytes:
     settings = runtime.settings
-    body = await _read_json_body(headers, receive, settings.max_body_bytes)
     limits = Limits(settings.max_records, settings.max_text_chars)
     # Detection reads at most the first 1,000 characters of each text: the body's size bounds the work.
-    large = len(body) > LARGE_BODY_BYTES
-    texts = await in_thread(parse_detect_request, body, limits) if large else parse_detect_request(body, limits)
-    info.update(texts_count=len(texts))
-    pipeline = runtime.pipeline
-    assert pipeline is not None  # runtime.serving
-    detections = await in_thread(pipeline.detect, texts) if large else pipeline.detect(texts)
+    texts = await run_sized(context.size, parse_detect_request, body, limits)
+    context.texts_count = len(texts)
+    detections = await run_sized(context.size, permit.serving.pipeline.detect, texts)
     return encode_detections(detections)
 
 
@@ -204,40 +215,25 @@ async def _unless_client_leaves(work, receive: Receive):
 # --- who is asking
 
 
-def bearer(scope: Scope) -> str:
+def header(scope: Scope, wanted: bytes) -> bytes | None:
+    """One request header's raw value (the first, if repeated), or None."""
     for name, value in scope["headers"]:
-        if name == b"authorization":
-            return value.decode("latin-1")
-    return ""
-
-
-def authorize(runtime: Runtime, scope: Scope, authorization: str) -> str:
-    """The client's name for fair-use limits: its key's, or its address when keys are off.
-    Raises Unauthorized for a missing or wrong key (the message never hints at valid keys)."""
-    keys = runtime.keys
-    if keys is None:
-        client = scope.get("client")
-        return f"addr:{client[0]}" if client else "addr:unknown"
-    scheme, _, key = authorization.partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key or not keys.check(key):
-        raise Unauthorized(
-            "missing or invalid API key: send `Authorization: Bearer <key>`",
-            headers={"WWW-Authenticate": 'Bearer realm="translation"'},
-        )
-    return keys.client_id(key)
+        if name == wanted:
+            return value
+    return None
 
 
 class _Headers:
     """The request headers the handler needs, found in one pass over the ASGI list."""
 
-    __slots__ = ("authorization", "content_length", "content_type", "request_id")
+    __slots__ = ("authorization", "content_length", "content_type", "forwarded_for", "request_id")
 
     def __init__(self, scope: Scope) -> None:
         self.content_type = "application/json"
         self.content_length: int | None = None
         self.request_id = ""
         self.authorization = ""
+        self.forwarded_for: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"content-type":
                 self.content_type = value.decode("latin-1").split(";")[0].strip().lower()
@@ -247,6 +243,8 @@ class _Headers:
                 self.request_id = plain_request_id(value)
             elif name == b"authorization":
                 self.authorization = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                self.forwarded_for = value
 
 
 def plain_request_id(value: bytes) -> str:

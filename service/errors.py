@@ -7,6 +7,9 @@ kserve maps its exceptions in `errors.py`. `retry_after` says when retrying can 
 
 from __future__ import annotations
 
+# When a refused or expired request may retry (seconds), where nothing more precise is known.
+RETRY_AFTER_SECONDS = 1
+
 
 class ServiceError(Exception):
     def __init__(self, message: str, *, retry_after: int | None = None) -> None:
@@ -47,3 +50,11 @@ class UnsupportedSource(ServiceError):
             f"text {index} looks like {name} ({language}, confidence {confidence}), which the model cannot translate"
         )
         self.index, self.language, self.name, self.confidence = index, language, name, confidence
+
+
+class Unauthenticated(ServiceError):
+    """API keys are on and the request has no valid key (the message never hints at valid keys)."""
+
+
+class TooManyAuthFailures(ServiceError):
+    """This address failed authentication too often; it may retry after `retry_after` (a valid key is served)."""

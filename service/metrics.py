@@ -44,7 +44,9 @@ class Metrics:
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
         self.requests = Counter(
-            "translation_requests", "Translation requests by HTTP status", ["status"], registry=registry
+            "translation_requests",
+            "Translation requests by HTTP status and reason (ok, or the error code: a 429 is overloaded or rate_limited)",
+            ["status", "reason"], registry=registry,
         )
         self.request_duration = Histogram(
             "translation_request_duration_seconds", "Time to answer a translation request",
@@ -68,7 +70,12 @@ class Metrics:
         self.queue_capacity = Gauge(
             "translation_queue_capacity", "Sentences that may wait before requests get 429", registry=registry
         )
-        self.in_flight = Gauge("translation_in_flight_requests", "Translation requests being served", registry=registry)
+        self.in_flight = Gauge(
+            "translation_in_flight_requests", "Requests whose body is in, being served", registry=registry
+        )
+        self.pending_bodies = Gauge(
+            "translation_pending_bodies", "Requests admitted on their head whose body is still arriving", registry=registry
+        )
         self.input_tokens = Counter("translation_input_tokens", "Source tokens translated by the engine", registry=registry)
         self.output_tokens = Counter("translation_output_tokens", "Target tokens produced by the engine", registry=registry)
         self.cache_hits = Counter("translation_cache_hits", "Sentences answered from the cache", registry=registry)
@@ -91,12 +98,12 @@ class Metrics:
         self.cache_max_bytes = Gauge("translation_cache_max_bytes", "The in-process cache's byte budget", registry=registry)
         self._cache_evictions = _CacheEvictions()
         registry.register(self._cache_evictions)
-        self._requests_by_status: dict[int, Counter] = {}
+        self._requests_by_status: dict[tuple[int, str], Counter] = {}
         self.detect_requests = Counter(
-            "translation_detect_requests", "Language detection requests (POST /detect) by HTTP status", ["status"],
-            registry=registry,
+            "translation_detect_requests", "Language detection requests (POST /detect) by HTTP status and reason",
+            ["status", "reason"], registry=registry,
         )
-        self._detect_requests_by_status: dict[int, Counter] = {}
+        self._detect_requests_by_status: dict[tuple[int, str], Counter] = {}
         self._drift_metrics(registry)
 
     def _drift_metrics(self, registry: CollectorRegistry) -> None:
@@ -174,12 +181,13 @@ class Metrics:
         self.source_pieces.inc(sum(lengths))
         self.unknown_pieces.inc(unknown)
 
-    def count_detect_request(self, status: int) -> None:
-        _child(self._detect_requests_by_status, self.detect_requests, status, status=str(status)).inc()
+    def count_detect_request(self, status: int, reason: str) -> None:
+        key = (status, reason)
+        _child(self._detect_requests_by_status, self.detect_requests, key, status=str(status), reason=reason).inc()
 
-    def count_request(self, status: int) -> None:
-        """One finished request (the labelled child is looked up once per status, not per request)."""
-        _child(self._requests_by_status, self.requests, status, status=str(status)).inc()
+    def count_request(self, status: int, reason: str) -> None:
+        """One finished request (the labelled child is looked up once per status and reason, not per request)."""
+        _child(self._requests_by_status, self.requests, (status, reason), status=str(status), reason=reason).inc()
 
     def watch_cache(self, cache: LruCache) -> None:
         """The in-process cache's size against its byte budget, and its evictions."""

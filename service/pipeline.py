@@ -9,51 +9,43 @@ Refuse before work: the sentence count is known right after splitting, so a requ
 the queue is refused (413 if it never could, 429 if not now) before any cache lookup or tokenizing;
 under overload a refusal then costs microseconds and the event loop stays free for accepted work.
 
-The event loop only routes: a request with more than INLINE_CHARS of text is split, tokenized and
-joined in a worker thread, so one big request never stalls the others (or /healthz). Small requests,
-nearly all of them, stay inline, where a thread hop would cost more than the work.
+The event loop only routes: a large request (service/offload.py decides, once per request) is split,
+tokenized and joined in worker threads, so one big request never stalls the others (or /healthz).
+Small requests, nearly all of them, stay inline, where a thread hop would cost more than the work.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol
 
 from service import segment
-from service.access import FairUse
 from service.batcher import Batcher, BatcherClosed, QueueFull, QueueTimeout
 from service.cache import Cache
 from service.detect import Detection, LanguageDetector
 from service.engine import Engine, Job, Translation
 from service.errors import (
+    RETRY_AFTER_SECONDS,
     AtCapacity,
     EngineFailure,
     NotServing,
-    OverClientShare,
     QueueWaitExpired,
     TooMuchWork,
     UnsupportedSource,
 )
 from service.languages import AUTO, name
 from service.metrics import Metrics
+from service.offload import run_sized
 
-RETRY_AFTER_SECONDS = 1
-# Above this many characters in a request, its CPU work leaves the event loop. Splitting and tokenizing
-# run at a few hundred ns per character, so 4,096 characters stay well under a millisecond inline.
-INLINE_CHARS = 4096
 # A sampled sentence counts as a mismatch only when the detector is this sure: short sentences and
 # names are often guessed wrong with low confidence, and would make the signal noise.
 MISMATCH_CONFIDENCE = 0.8
 
-T = TypeVar("T")
 
+class SentenceAdmission(Protocol):
+    """The request's admission permit (service/admission.py): room for its sentences, or a ServiceError."""
 
-async def in_thread(work: Callable[..., T], *args) -> T:
-    """`work(*args)` in a worker thread, for large requests; small ones call `work` inline (no coroutine,
-    no thread hop: on the hot path both cost more than the work)."""
-    return await asyncio.to_thread(work, *args)
+    def take_sentences(self, sentences: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -84,11 +76,9 @@ class Pipeline:
         cache: Cache,
         metrics: Metrics,
         max_queue: int,
-        fair_use: FairUse | None = None,
         detector: LanguageDetector | None = None,
         check_every: int = 0,
     ):
-        self._fair_use = fair_use or FairUse(rate=0, burst=1, max_sentences=0)
         self._detector = detector
         self._check_every = check_every if detector is not None else 0
         self._sampled = 0  # sentences seen in explicit mode, for the 1-in-check_every sample
@@ -98,22 +88,17 @@ class Pipeline:
         self._metrics = metrics
         self._max_queue = max_queue
 
-    async def translate(self, from_lang: str, to_lang: str, texts: list[str], client: str = "") -> PipelineResult:
+    async def translate(
+        self, from_lang: str, to_lang: str, texts: list[str], admission: SentenceAdmission, *, size: int
+    ) -> PipelineResult:
         """`from_lang` may be AUTO: then each text's language is detected (UnsupportedSource if the
-        model lacks it) and the result carries the detections. Raises the ServiceError that says why
-        a request is refused or failed (service/errors.py)."""
-        large = sum(map(len, texts)) > INLINE_CHARS
-        prepared = await in_thread(self._prepare, texts, from_lang) if large else self._prepare(texts, from_lang)
-        unique = prepared.unique
-        self._admit(len(unique))
-        refusal = self._fair_use.hold_sentences(client, len(unique))
-        if refusal is not None:
-            raise OverClientShare(f"{refusal.reason}; retry shortly", retry_after=refusal.retry_after)
-        self._metrics.count_sentences(unique, from_lang, to_lang)
-        try:
-            return await self._translate(to_lang, prepared, large)
-        finally:
-            self._fair_use.release_sentences(client, len(unique))
+        model lacks it) and the result carries the detections. `admission` is asked for room once the
+        sentences are counted; `size` (the request's bytes) decides where the CPU work runs. Raises the
+        ServiceError that says why a request is refused or failed (service/errors.py)."""
+        prepared = await run_sized(size, self._prepare, texts, from_lang)
+        admission.take_sentences(len(prepared.unique))
+        self._metrics.count_sentences(prepared.unique, from_lang, to_lang)
+        return await self._translate(to_lang, prepared, size)
 
     def detect(self, texts: list[str]) -> list[Detection]:
         """Each text's language (POST /detect); CPU work: callers run large requests in a thread."""
@@ -155,7 +140,7 @@ class Pipeline:
             )
             self._metrics.count_language_check(mismatch)
 
-    async def _translate(self, to_lang: str, prepared: _Prepared, large: bool) -> PipelineResult:
+    async def _translate(self, to_lang: str, prepared: _Prepared, size: int) -> PipelineResult:
         unique = prepared.unique
         keys = [(lang, to_lang, sentence) for lang, sentence in unique]
         found = await self._cache.get_many(keys)
@@ -163,8 +148,7 @@ class Pipeline:
         self._metrics.cache_hits.inc(len(unique) - len(misses))
         self._metrics.cache_misses.inc(len(misses))
 
-        encode_args = (self._engine, misses, to_lang)
-        jobs_per_sentence = await in_thread(_encode_all, *encode_args) if large else _encode_all(*encode_args)
+        jobs_per_sentence = await run_sized(size, _encode_all, self._engine, misses, to_lang)
         jobs = [job for chunk in jobs_per_sentence for job in chunk]
         if len(jobs) > self._max_queue:  # long sentences cut into chunks can still overflow it
             raise self._too_large(len(jobs))
@@ -191,8 +175,7 @@ class Pipeline:
             if value is not None:
                 translated[pair] = value
 
-        join_args = (prepared.languages, prepared.segmented, translated, to_lang)
-        joined = await in_thread(_join_all, *join_args) if large else _join_all(*join_args)
+        joined = await run_sized(size, _join_all, prepared.languages, prepared.segmented, translated, to_lang)
         return PipelineResult(
             texts=joined,
             sentences=len(unique),
@@ -203,12 +186,6 @@ class Pipeline:
             inference_seconds=max((o.inference_seconds for o in outcomes), default=0.0),
             detections=prepared.detections,
         )
-
-    def _admit(self, sentences: int) -> None:
-        if sentences > self._max_queue:
-            raise self._too_large(sentences)
-        if not self._batcher.has_room(sentences):
-            raise _at_capacity()
 
     def _too_large(self, sentences: int) -> TooMuchWork:
         return TooMuchWork(f"the texts make {sentences} sentences to translate; at most {self._max_queue} fit in one request")

@@ -12,14 +12,16 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
+from enum import StrEnum
 
 from service import __version__
-from service.access import ApiKeys, FairUse
+from service.admission import Admission
 from service.batcher import Batcher, BatchStats
 from service.cache import Cache, LruCache, RedisCache
 from service.detect import LanguageDetector
 from service.engine import Engine, Job, Translation
+from service.errors import RETRY_AFTER_SECONDS, NotServing
 from service.metrics import Metrics
 from service.model_dir import Manifest
 from service.pipeline import Pipeline
@@ -30,8 +32,26 @@ log = logging.getLogger("service")
 WARM_UP_TEXT = "Hello world."
 
 
+class Status(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"  # the model could not load
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The runtime's working parts, published together once the model has loaded and warmed up."""
+
+    engine: Engine
+    batcher: Batcher[Job, Translation]
+    cache: Cache
+    pipeline: Pipeline
+
+
 class Runtime:
-    """Status: starting -> ready -> draining; "failed" if the model could not load."""
+    """Status: starting -> ready -> draining; failed if the model could not load. `serving` is None until
+    the start succeeds, then the same object for the runtime's life."""
 
     def __init__(
         self,
@@ -48,23 +68,16 @@ class Runtime:
         self.manifest = manifest
         self.languages = frozenset(manifest.languages)
         self.metrics = Metrics()
-        self.status = "starting"
-        self.in_flight = 0  # requests being served; the edge refuses new ones at settings.max_in_flight
-        # API keys (None: open) and per-client limits; an unreadable keys file stops the start (AccessError).
-        self.keys = ApiKeys(Path(settings.api_keys_file)) if settings.api_keys_file else None
-        self.fair_use = FairUse(
-            rate=settings.client_rate_per_second, burst=settings.client_burst, max_sentences=settings.client_max_sentences
-        )
-        self.engine: Engine | None = None
-        self.batcher: Batcher[Job, Translation] | None = None
-        self.cache: Cache | None = None
-        self.pipeline: Pipeline | None = None
+        self.status = Status.STARTING
+        self.serving: Serving | None = None
+        self.admission = Admission(settings, accepting=self.accepting)
         self._load_engine = load_engine
         self._on_fatal = on_fatal
         self._starting: asyncio.Task | None = None
         self.metrics.queue_capacity.set(settings.max_queue)
-        self.metrics.queue_depth.set_function(lambda: self.batcher.queue_depth if self.batcher else 0)
-        self.metrics.in_flight.set_function(lambda: self.in_flight)
+        self.metrics.queue_depth.set_function(lambda: self.serving.batcher.queue_depth if self.serving else 0)
+        self.metrics.in_flight.set_function(lambda: self.admission.in_flight)
+        self.metrics.pending_bodies.set_function(lambda: self.admission.pending_bodies)
         self.metrics.build_info.info(
             {
                 "version": __version__,
@@ -74,23 +87,32 @@ class Runtime:
             }
         )
 
-    def set_status(self, status: str) -> None:
-        self.status = status
-        self.metrics.ready.set(1 if status == "ready" else 0)
+    def set_status(self, status: Status | str) -> None:
+        self.status = Status(status)
+        self.metrics.ready.set(1 if self.status is Status.READY else 0)
 
     @property
-    def serving(self) -> bool:
-        # While draining, requests still arrive until the load balancer has noticed /readyz: serve them.
-        return self.status in ("ready", "draining") and self.pipeline is not None
+    def draining(self) -> bool:
+        return self.status is Status.DRAINING
+
+    def accepting(self) -> Serving:
+        """The working parts, if requests may be served now; else NotServing. While draining, requests
+        still arrive until the load balancer has noticed /readyz: they are served."""
+        serving = self.serving
+        if serving is None or self.status not in (Status.READY, Status.DRAINING):
+            raise NotServing(f"the service is {self.status}; retry shortly", retry_after=RETRY_AFTER_SECONDS)
+        return serving
 
     @property
     def ready(self) -> bool:
-        return self.status == "ready" and self.batcher is not None and self.batcher.alive
+        return self.status is Status.READY and self.serving is not None and self.serving.batcher.alive
 
     @property
     def alive(self) -> bool:
         # Liveness: the process answers, and once started, the batcher's loop is alive.
-        return self.status != "failed" and (self.batcher is None or self.batcher.alive or self.status == "draining")
+        if self.status is Status.FAILED:
+            return False
+        return self.serving is None or self.serving.batcher.alive or self.status is Status.DRAINING
 
     # --- lifecycle
     def begin(self) -> None:
@@ -99,53 +121,54 @@ class Runtime:
 
     async def stop(self) -> None:
         """Finishes queued and running work, then closes the batcher and the cache."""
-        if self.status != "failed":
-            self.set_status("draining")
+        if self.status is not Status.FAILED:
+            self.set_status(Status.DRAINING)
         if self._starting is not None:
             self._starting.cancel()
             try:
                 await self._starting
             except BaseException:  # noqa: BLE001 - a start cut short by the stop is expected
                 pass
-        if self.batcher is not None:
-            await self.batcher.close()
-        if self.cache is not None:
-            await self.cache.close()
+        if self.serving is not None:
+            await self.serving.batcher.close()
+            await self.serving.cache.close()
         log.info("stopped: every accepted request was answered")
 
     async def _start(self) -> None:
         settings = self.settings
         threads_before = _native_thread_ids()
+        batcher = None
         try:
             engine = await asyncio.to_thread(self._load_engine)
-            self.engine = engine
             detector = await asyncio.to_thread(self._load_detector)
-            self.cache = _build_cache(settings, engine.fingerprint, self.metrics)
-            self.batcher = _build_batcher(settings, engine, self.metrics)
-            self.batcher.start()
-            self.pipeline = Pipeline(
-                engine, self.batcher, self.cache, self.metrics, settings.max_queue, self.fair_use,
-                detector=detector, check_every=settings.language_check_every,
+            cache = _build_cache(settings, engine.fingerprint, self.metrics)
+            batcher = _build_batcher(settings, engine, self.metrics)
+            batcher.start()
+            pipeline = Pipeline(
+                engine, batcher, cache, self.metrics, settings.max_queue, detector=detector,
+                check_every=settings.language_check_every,
             )  # fmt: skip
             warm_up_lang = "en" if "en" in self.languages else self.manifest.languages[0]
-            await self.batcher.submit(engine.encode(WARM_UP_TEXT, warm_up_lang, warm_up_lang))
+            await batcher.submit(engine.encode(WARM_UP_TEXT, warm_up_lang, warm_up_lang))
         except Exception as error:  # noqa: BLE001 - reported, and the process is told to stop
-            self.set_status("failed")
+            self.set_status(Status.FAILED)
             log.error("model failed to start: %s: %s", error.__class__.__name__, error)
+            if batcher is not None:
+                await batcher.close()
             self._on_fatal(str(error))
             return
+        self.serving = Serving(engine, batcher, cache, pipeline)
         # The engine's own threads are those that appeared while it loaded and warmed up and that
         # Python did not start: their CPU time is the engine's (translation_engine_cpu_seconds_total).
         python_threads = {thread.native_id for thread in threading.enumerate()}
         self.metrics.watch_engine_threads(_native_thread_ids() - threads_before - python_threads)
-        if self.status == "starting":
-            self.set_status("ready")
+        if self.status is Status.STARTING:
+            self.set_status(Status.READY)
             log.info(
                 "ready: %s on %s (%s, %d×%d threads, batches of %d sentences / %d tokens, queue %d)",
                 self.manifest.source, engine.device, engine.compute_type, settings.inter_threads,
                 settings.intra_threads, settings.max_batch_size, settings.max_batch_tokens, settings.max_queue,
             )
-
 
     def _load_detector(self) -> LanguageDetector:
         detector = LanguageDetector(

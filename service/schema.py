@@ -89,7 +89,8 @@ class Overloaded(ApiError):
 
 
 class RateLimited(ApiError):
-    """This client is over its own share (rate or sentences in flight); others are served."""
+    """This client is over its own share (rate, sentences or bodies in flight), or its address failed
+    authentication too often; others are served."""
 
     status, code = 429, "rate_limited"
 
@@ -115,13 +116,19 @@ DOMAIN_ERRORS: dict[type[errors.ServiceError], type[ApiError]] = {
     errors.NotServing: NotReady,
     errors.EngineFailure: TranslationFailed,
     errors.UnsupportedSource: UnsupportedLanguage,
+    errors.Unauthenticated: Unauthorized,
+    errors.TooManyAuthFailures: RateLimited,
 }
+# Headers an answer of that class always carries.
+_ERROR_HEADERS: dict[type[ApiError], dict[str, str]] = {Unauthorized: {"WWW-Authenticate": 'Bearer realm="translation"'}}
 
 
 def api_error(error: errors.ServiceError) -> ApiError:
     """The ApiError (status, code, message, Retry-After) that answers a domain error."""
     kind = DOMAIN_ERRORS.get(type(error), ApiError)
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    headers = dict(_ERROR_HEADERS.get(kind, {}))
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
     message = error.message
     if isinstance(error, errors.UnsupportedSource):
         named = f"{error.name} ({error.language})" if error.name != error.language else f'"{error.language}"'
@@ -170,8 +177,7 @@ def parse_translation_request(body: bytes, languages: Collection[str], limits: L
         # An id orjson read as a double may have lost digits (9007199254740993.0 reads as ...992, and
         # 1.0000000000000000001 as 1.0): read the body again with every number exact. Only requests with an id
         # written with a decimal point or an exponent take this path, so it costs the usual request nothing.
-        exact = json.loads(body, parse_float=decimal.Decimal, parse_int=int)
-        return _translation_request(exact, languages, limits)
+        return _translation_request(_exact_json_object(body), languages, limits)
 
 
 class _InexactNumber(Exception):
@@ -194,10 +200,59 @@ def _json_object(body: bytes) -> dict:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
+        if not str(error).startswith(_OUT_OF_RANGE):
+            raise MalformedJson(f"request body is not valid JSON: {error}") from None
+        # A number no double holds (1e400), in some field: valid JSON all the same; read it exactly.
+        return _exact_json_object(body)
+    if not isinstance(document, dict):
+        raise ValidationFailed(f"request body must be a JSON object, got {_type_name(document)}")
+    return document
+
+
+# orjson's message for a number too large for a double (valid JSON, which it declines to read).
+_OUT_OF_RANGE = "number is infinity when parsed as double"
+# The exact reading nests one Python call per level; orjson's own limit is 1,024 levels.
+MAX_EXACT_DEPTH_MESSAGE = (
+    "request body nests too deeply to read its numbers exactly; send ids as strings or integers without a decimal "
+    "point, and numbers no larger than a double holds"
+)
+
+
+def _exact_json_object(body: bytes) -> dict:
+    """The body read with every number exact (decimal.Decimal), for the rare bodies orjson can't read exactly.
+    Held to orjson's rules otherwise: no NaN or Infinity literals, no lone surrogates in strings."""
+    try:
+        document = json.loads(body, parse_float=decimal.Decimal, parse_int=decimal.Decimal, parse_constant=_no_constant)
+        _refuse_lone_surrogates(document)
+    except RecursionError:
+        raise ValidationFailed(MAX_EXACT_DEPTH_MESSAGE) from None
+    except ValueError as error:
         raise MalformedJson(f"request body is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise ValidationFailed(f"request body must be a JSON object, got {_type_name(document)}")
     return document
+
+
+def _refuse_lone_surrogates(document: Any) -> None:
+    """ValueError for a string (or key) holding a lone surrogate, which orjson refuses and no engine can encode.
+    Iterative: the document may nest as deep as the parser allowed."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("str is not valid UTF-8: surrogates not allowed") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _bounded_array(value: Any, where: str, items: str, limit: int, kind: str = "an array") -> list:
@@ -278,7 +333,7 @@ def _bad_id(where: str, written: str) -> ValidationFailed:
 
 def _type_name(value: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number" if isinstance(value, int | float) else type(value).__name__
+        type(value), "a number" if isinstance(value, int | float | decimal.Decimal) else type(value).__name__
     )
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.identity import TrustedProxies
+
 ENV_PREFIX = "MT_"
 DEVICES = ("auto", "cpu", "cuda")
 COMPUTE_TYPES = ("auto", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "float16", "bfloat16", "float32")
@@ -43,7 +45,7 @@ def _opt(default, help: str, *, minimum: float | None = None, choices: Sequence[
 
 @dataclass(frozen=True)
 class Settings:
-    model_dir: Path = _opt(None, "model directory written by `python -m convert` (required)")
+    model_dir: Path = _opt(None, "model directory written by `python -m convert`")
     host: str = _opt("0.0.0.0", "address to listen on")
     port: int = _opt(9527, "port to listen on", minimum=1)
     device: str = _opt("auto", "cuda when a GPU is present, else cpu", choices=DEVICES)
@@ -52,7 +54,7 @@ class Settings:
     inter_threads: int = _opt(0, "CTranslate2 workers: engine calls that run in parallel (0 = by device)", minimum=0)
     intra_threads: int = _opt(1, "threads per CTranslate2 worker (0 = CTranslate2's default of 4)", minimum=0)
     beam_size: int = _opt(2, "beam size (1 = greedy)", minimum=1)
-    max_decoding_length: int = _opt(0, "longest translation in tokens (0 = what the model's positions allow)", minimum=0)
+    max_decoding_length: int = _opt(0, "longest translation in tokens (0 = 256, or less where the model's positions allow less)", minimum=0)
     max_batch_size: int = _opt(0, "most sentences in one engine call (0 = by device)", minimum=0)
     max_batch_tokens: int = _opt(0, "most source tokens in one engine call (0 = by device)", minimum=0)
     batching: bool = _opt(True, "pack sentences of concurrent requests into shared engine calls (off: one sentence per call)")
@@ -68,12 +70,25 @@ class Settings:
     api_keys_file: str = _opt("", "file of API keys, one per line, re-read when it changes; set = every call but "
                               "/healthz and /readyz needs `Authorization: Bearer KEY` (empty: open)")
     metrics_require_key: bool = _opt(False, "with API keys on, /metrics needs a key too")
+    # Per-client limits: a client is its API key, or (keys off) its address as seen through trusted proxies.
+    # Every one is off (0) unless set: behind a proxy without keys, all users may be one address.
     client_rate_per_second: float = _opt(0.0, "requests/s one client (key, or address when keys are off) may send; "
                                          "more get 429 (0 = no limit)", minimum=0)
     client_burst: int = _opt(20, "requests a client may send at once above its rate", minimum=1)
-    client_max_sentences: int = _opt(0, "sentences one client may have in flight; more get 429 (0 = half of max_queue)", minimum=0)
-    forwarded_allow_ips: str = _opt("127.0.0.1", "proxies whose X-Forwarded-For names the client (comma-separated, "
-                                    "* = any): set it to the ingress' addresses, or per-address limits see only the proxy")
+    client_max_sentences: int = _opt(0, "sentences one client may have in flight; more get 429 (0 = no limit)", minimum=0)
+    client_max_pending_bodies: int = _opt(0, "requests one client may have still sending their body; more get 429 "
+                                          "(0 = no limit)", minimum=0)
+    max_pending_bodies: int = _opt(512, "requests still sending their body, all clients together; more get 429. They hold "
+                                   "no in-flight slot or queue room until the body is in", minimum=1)
+    auth_failures_per_second: float = _opt(1.0, "with API keys on, failed authentications one address may make per second "
+                                           "after its burst; more get 429 (0 = no throttle)", minimum=0)
+    auth_failure_burst: int = _opt(20, "failed authentications one address may make at once", minimum=1)
+    forwarded_allow_ips: str = _opt("127.0.0.1", "proxies whose X-Forwarded-For names the client: comma-separated "
+                                    "addresses or networks (10.0.0.0/8). * trusts any caller and lets anyone pick "
+                                    "their address: unsafe where per-address limits matter")
+    max_connections: int = _opt(0, "open connections before new ones get 503 and close (probes are still served); "
+                                "0 = by the open-file limit, which the service raises to its hard limit at start",
+                                minimum=0)
     # Memory is bounded by bytes (the budget must fit the pod beside the model); the count cap is far
     # above what the budget holds for ordinary sentences and stays for MT_CACHE_SIZE=0 (cache off).
     cache_max_bytes: int = _opt(256 * 1024 * 1024, "in-process cache budget in bytes, entries' real memory (0 disables it)", minimum=0)
@@ -124,13 +139,11 @@ class Settings:
         resolved = dataclasses.replace(self, **filled)
         if resolved.max_in_flight == 0:
             resolved = dataclasses.replace(resolved, max_in_flight=resolved.max_queue)
-        if resolved.client_max_sentences == 0:
-            resolved = dataclasses.replace(resolved, client_max_sentences=max(1, resolved.max_queue // 2))
         return resolved
 
     @property
     def resolved(self) -> bool:
-        return all(getattr(self, name) for name in (*DEVICE_DEFAULTS["cpu"], "max_in_flight", "client_max_sentences"))
+        return all(getattr(self, name) for name in (*DEVICE_DEFAULTS["cpu"], "max_in_flight"))
 
     def check_languages(self, languages: Sequence[str]) -> None:
         """Checks the settings that name a language against the model's (known only once it is read)."""
@@ -150,6 +163,10 @@ class Settings:
             raise SettingsError(f"{_names('port')} must be at most 65535, got {self.port}")
         if self.auto_min_confidence > 1:
             raise SettingsError(f"{_names('auto_min_confidence')} must be at most 1, got {self.auto_min_confidence}")
+        try:
+            TrustedProxies(self.forwarded_allow_ips)
+        except ValueError as error:
+            raise SettingsError(f"{_names('forwarded_allow_ips')}: {error}") from None
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(f"{_names('redis_url')} must start with redis://, rediss:// or unix://")
 

@@ -108,7 +108,7 @@ class AppClient:
     @property
     def engine(self):
         """The engine the runtime loaded (the wrapper, when build_app was given `wrap_engine`)."""
-        return self.runtime.engine
+        return self.runtime.serving.engine
 
     async def translate(self, from_lang: str, to_lang: str, texts: list[str], **kwargs):
         records = [{"id": str(i), "text": text} for i, text in enumerate(texts)]

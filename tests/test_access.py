@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from service.access import AccessError, ApiKeys, FairUse
+from service.access import AccessError, ApiKeys, AuthThrottle, FairUse, Refusal
 from tests.helpers import AppClient, SlowEngine, build_app, metric_value, until
 
 
@@ -92,7 +92,7 @@ async def test_with_keys_every_route_but_the_probes_needs_one(toy_model_dir, key
         assert (await client.http.get("/healthz")).status_code == 200
         assert (await client.http.get("/readyz")).status_code == 200
         metrics = (await client.http.get("/metrics")).text  # open unless metrics_require_key
-        assert metric_value(metrics, "translation_requests_total", 'status="401"') == 3
+        assert metric_value(metrics, "translation_requests_total", 'status="401",reason="unauthorized"') == 3
 
 
 async def test_metrics_can_be_put_behind_a_key(toy_model_dir, keys_file):
@@ -117,9 +117,9 @@ async def test_a_client_over_its_rate_gets_429_while_another_key_is_served(toy_m
         assert polite.json()["result"][0]["text"] == "bravo alpha"
 
 
-async def test_one_client_cannot_fill_the_whole_queue(toy_model_dir):
-    # Keys off: the client is its address. A queue of 8 gives each client at most 4 sentences in flight.
-    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.3), max_queue=8, inter_threads=1)
+async def test_with_a_sentence_cap_one_client_cannot_fill_the_whole_queue(toy_model_dir):
+    # Keys off: the client is its address. A queue of 8, and each client at most 4 sentences in flight.
+    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.3), max_queue=8, inter_threads=1, client_max_sentences=4)
     async with AppClient(app) as client:
         client.engine.batches.clear()  # the warm-up
         first = asyncio.create_task(client.translate("en", "fr", ["alpha.", "bravo.", "charlie."]))
@@ -129,5 +129,80 @@ async def test_one_client_cannot_fill_the_whole_queue(toy_model_dir):
         assert refused.json()["error"] == {
             "code": "rate_limited", "message": "this client has 3 sentences in flight, its limit is 4; retry shortly",
         }
+        other = await client.translate("en", "fr", ["delta. echo."], headers={"x-forwarded-for": "192.0.2.9"})
+        assert other.json()["result"][0]["text"] == "delta. echo."  # another address behind the trusted proxy
         assert (await first).status_code == 200
         assert (await client.translate("en", "fr", ["delta. echo."])).status_code == 200  # its share is back
+        metrics = (await client.http.get("/metrics")).text
+        assert metric_value(metrics, "translation_requests_total", 'status="429",reason="rate_limited"') == 1
+
+
+async def test_by_default_no_per_client_limit_applies(toy_model_dir):
+    # Behind a proxy without keys, every user can be one client: only the queue bounds the work.
+    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.3), max_queue=8, inter_threads=1)
+    settings = app.runtime.settings
+    assert (settings.client_max_sentences, settings.client_rate_per_second, settings.client_max_pending_bodies) == (0, 0, 0)
+    async with AppClient(app) as client:
+        client.engine.batches.clear()
+        first = asyncio.create_task(client.translate("en", "fr", ["alpha.", "bravo.", "charlie."]))
+        await until(lambda: client.engine.batches, what="the first request's batch running")
+        second = await client.translate("en", "fr", ["delta. echo. golf. kilo."])
+        assert second.status_code == 200
+        assert (await first).status_code == 200
+
+
+def test_fair_use_client_table_is_bounded_in_bytes(monkeypatch):
+    from service import access
+
+    monkeypatch.setattr(access, "MAX_CLIENT_TABLE_BYTES", 10_000)
+    fair = FairUse(rate=1, burst=1, max_sentences=0)
+    for index in range(1000):
+        fair.admit_request(f"addr:{'x' * 100}{index}")
+    assert fair.tracked_bytes <= 10_000 and fair.tracked < 100
+    assert fair.tracked_bytes > 10_000 - 400  # it fills up to the budget, no further
+
+
+def test_busy_clients_are_never_forgotten(monkeypatch):
+    from service import access
+
+    monkeypatch.setattr(access, "MAX_TRACKED_CLIENTS", 2)
+    fair = FairUse(rate=0, burst=1, max_sentences=10, max_pending_bodies=1)
+    assert fair.hold_sentences("a", 5) is None and fair.hold_pending_body("b") is None
+    for index in range(10):
+        fair.hold_sentences(f"other{index}", 1)
+        fair.release_sentences(f"other{index}", 1)
+    assert fair.hold_sentences("a", 6) is not None  # still counted: 5 in flight
+    assert fair.hold_pending_body("b") is not None
+
+
+def test_failed_authentications_are_throttled_per_address():
+    clock = Clock()
+    throttle = AuthThrottle(rate=1, burst=3, clock=clock)
+    assert [throttle.failed("192.0.2.1") for _ in range(3)] == [None, None, None]
+    refused = throttle.failed("192.0.2.1")
+    assert refused == Refusal("too many failed authentications from this address", 1)
+    assert throttle.failed("192.0.2.2") is None  # another address has its own budget
+    clock.now += 1
+    assert throttle.failed("192.0.2.1") is None and throttle.failed("192.0.2.1") is not None
+    assert AuthThrottle(rate=0, burst=1).failed("x") is None  # 0: off
+
+
+async def test_a_wrong_key_flood_gets_429_while_a_valid_key_from_the_same_address_is_served(toy_model_dir, keys_file, caplog):
+    app = build_app(toy_model_dir, api_keys_file=keys_file, auth_failures_per_second=1, auth_failure_burst=3)
+    async with AppClient(app) as client:
+        wrong = {"authorization": "Bearer guess"}
+        with caplog.at_level("INFO", logger="service.requests"):
+            statuses = [(await client.translate("en", "fr", ["alpha"], headers=wrong)).status_code for _ in range(5)]
+        assert statuses == [401, 401, 401, 429, 429]
+        refused = await client.translate("en", "fr", ["alpha"], headers=wrong)
+        assert refused.json()["error"] == {
+            "code": "rate_limited", "message": "too many failed authentications from this address; retry later",
+        }
+        assert refused.headers["retry-after"] == "1"
+        assert (await client.http.get("/languages", headers=wrong)).status_code == 429  # every route shares the budget
+        good = await client.translate("en", "fr", ["alpha bravo"], headers={"authorization": "Bearer good-key"})
+        assert good.json()["result"][0]["text"] == "bravo alpha"
+        other_address = await client.translate("en", "fr", ["alpha"], headers={**wrong, "x-forwarded-for": "192.0.2.7"})
+        assert other_address.status_code == 401
+        logged = [record.fields for record in caplog.records if record.name == "service.requests"]
+        assert [(f["status"], f["address"]) for f in logged[:4]] == [(401, "127.0.0.1")] * 3 + [(429, "127.0.0.1")]

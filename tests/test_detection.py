@@ -147,7 +147,7 @@ async def test_mixed_language_records_share_one_engine_call_and_are_cached_by_de
     after = (await client.http.get("/metrics")).text
     # Four sentences in three source languages (plus the toy one), one engine call. The toy model has 64
     # positions, so a real sentence, most of its characters unknown pieces, may be cut into chunks.
-    engine = client.app.runtime.engine
+    engine = client.app.runtime.serving.engine
     jobs = sum(len(engine.encode(text, language, "en")) for text, language in zip(texts, detected))
     assert metric_value(after, "translation_batch_size_count") == metric_value(before, "translation_batch_size_count") + 1
     assert metric_value(after, "translation_batch_size_sum") == metric_value(before, "translation_batch_size_sum") + jobs
@@ -223,7 +223,7 @@ async def test_detect_errors_at_the_edge(client):
     get = await client.http.get("/detect")
     assert get.status_code == 405 and get.headers["allow"] == "POST"
     metrics = (await client.http.get("/metrics")).text
-    assert metric_value(metrics, "translation_detect_requests_total", 'status="415"') == 1
+    assert metric_value(metrics, "translation_detect_requests_total", 'status="415",reason="unsupported_media_type"') == 1
 
 
 async def test_detect_needs_a_key_when_keys_are_on(toy_model_dir, tmp_path):
@@ -272,7 +272,7 @@ async def test_drift_metrics_move(toy_model_dir):
         await client.translate("auto", "fr", [SAMPLE["it"][3]])
         await client.http.post("/detect", json={"texts": ["", SAMPLE["sv"][0], "Kiel vi fartas? Mi fartas bone, dankon."]})
         metrics = (await client.http.get("/metrics")).text
-        engine = client.app.runtime.engine
+        engine = client.app.runtime.serving.engine
         # What reached the engine: the warm-up sentence, then every sentence above (a long one in chunks).
         sent = [("en", "Hello world."), ("en", "alpha bravo charlie."), ("en", SAMPLE["fr"][2]),
                 ("en", "alpha zzzqqq bravo"), ("it", SAMPLE["it"][3])]  # fmt: skip
@@ -296,7 +296,7 @@ async def test_drift_metrics_move(toy_model_dir):
     assert metric_value(metrics, "translation_language_detections_total", 'outcome="detected"') == 2
     assert metric_value(metrics, "translation_language_detections_total", 'outcome="fallback"') == 1
     assert metric_value(metrics, "translation_language_detections_total", 'outcome="unsupported"') == 1
-    assert metric_value(metrics, "translation_detect_requests_total", 'status="200"') == 1
+    assert metric_value(metrics, "translation_detect_requests_total", 'status="200",reason="ok"') == 1
 
 
 async def test_explicit_mode_checks_only_every_nth_sentence(toy_model_dir):

@@ -87,7 +87,7 @@ async def test_repeated_sentences_are_cached_and_metrics_move(client):
     metrics = (await client.http.get("/metrics")).text
     assert metric_value(metrics, "translation_cache_hits_total") >= 1
     assert metric_value(metrics, "translation_cache_misses_total") >= 1
-    assert metric_value(metrics, "translation_requests_total", 'status="200"') == 2
+    assert metric_value(metrics, "translation_requests_total", 'status="200",reason="ok"') == 2
     assert metric_value(metrics, "translation_request_duration_seconds_count") == 2
     assert metric_value(metrics, "translation_input_tokens_total") > 0
     assert metric_value(metrics, "translation_output_tokens_total") > 0
@@ -278,7 +278,7 @@ async def test_an_engine_error_fails_only_that_batchs_requests_and_service_goes_
         assert after.json()["result"][0]["text"] == "delta charlie"
         assert (await client.http.get("/healthz")).status_code == 200
         metrics = (await client.http.get("/metrics")).text
-        assert metric_value(metrics, "translation_requests_total", 'status="500"') == 1
+        assert metric_value(metrics, "translation_requests_total", 'status="500",reason="translation_failed"') == 1
 
 
 async def test_a_client_that_leaves_is_not_translated(toy_model_dir):
@@ -289,11 +289,11 @@ async def test_a_client_that_leaves_is_not_translated(toy_model_dir):
         blocker = asyncio.create_task(client.translate("en", "fr", ["alpha"]))
         await until(lambda: batches, what="the first batch running")
         leaver = asyncio.create_task(client.translate("en", "fr", ["bravo charlie delta"]))
-        await until(lambda: client.runtime.batcher.queue_depth == 1, what="the second sentence queued")
+        await until(lambda: client.runtime.serving.batcher.queue_depth == 1, what="the second sentence queued")
         leaver.cancel()  # the client hangs up while its sentence waits in the queue
         with pytest.raises(asyncio.CancelledError):
             await leaver
-        assert client.runtime.batcher.queue_depth == 0  # withdrawn at once
+        assert client.runtime.serving.batcher.queue_depth == 0  # withdrawn at once
         assert (await blocker).status_code == 200
         # The queue is first in, first out: had the sentence stayed, it would run no later than this one.
         assert (await client.translate("en", "fr", ["echo golf"])).status_code == 200
@@ -311,26 +311,83 @@ class CountingEngine(SlowEngine):
         return self._engine.encode(sentence, source_lang, target_lang)
 
 
-async def test_over_the_in_flight_limit_429_comes_before_the_body_is_read(toy_model_dir):
-    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.3), max_in_flight=1, inter_threads=1)
+async def test_over_the_in_flight_limit_429_comes_before_any_work(toy_model_dir):
+    app = build_app(toy_model_dir, wrap_engine=lambda e: CountingEngine(e, 0.3), max_in_flight=1, inter_threads=1)
     async with AppClient(app) as client:
         first = asyncio.create_task(client.translate("en", "fr", ["alpha bravo"]))
-        await until(lambda: client.runtime.in_flight == 1, what="the first request holding the only slot")
-        body_read = []
-
-        async def body():
-            body_read.append(True)
-            yield orjson.dumps(payload())
-
-        refused = await client.http.post("/translation", content=body(), headers={"content-type": "application/json"})
+        await until(lambda: client.runtime.admission.in_flight == 1, what="the first request holding the only slot")
+        encoded = CountingEngine.encoded
+        refused = await client.translate("en", "fr", ["charlie delta"])
         assert refused.status_code == 429
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"] == {"code": "overloaded", "message": "the service is at capacity; retry shortly"}
-        assert body_read == []  # refused on counts alone
+        assert CountingEngine.encoded == encoded  # refused on counts alone: nothing tokenized
         assert (await first).json()["result"][0]["text"] == "bravo alpha"
         metrics = (await client.http.get("/metrics")).text
-        assert metric_value(metrics, "translation_requests_total", 'status="429"') == 1
+        assert metric_value(metrics, "translation_requests_total", 'status="429",reason="overloaded"') == 1
         assert metric_value(metrics, "translation_in_flight_requests") == 0
+
+
+async def test_a_stalled_body_holds_no_in_flight_slot(toy_model_dir):
+    # One in-flight slot; a request whose body never finishes must not take it from a ready request.
+    app = build_app(toy_model_dir, max_in_flight=1)
+    async with AppClient(app) as client:
+        release = asyncio.Event()
+
+        async def stalled_body():
+            yield b'{"payload": '
+            await release.wait()
+            yield orjson.dumps({"fromLang": "en", "toLang": "fr", "records": [{"id": "1", "text": "alpha bravo"}]}) + b"}"
+
+        stalled = asyncio.create_task(
+            client.http.post("/translation", content=stalled_body(), headers={"content-type": "application/json"})
+        )
+        await until(lambda: client.runtime.admission.pending_bodies == 1, what="the stalled request admitted on its head")
+        assert client.runtime.admission.in_flight == 0
+        served = await client.translate("en", "fr", ["charlie delta"])
+        assert served.json()["result"][0]["text"] == "delta charlie"
+        metrics = (await client.http.get("/metrics")).text
+        assert metric_value(metrics, "translation_pending_bodies") == 1
+        release.set()
+        assert (await stalled).json()["result"][0]["text"] == "bravo alpha"
+        assert client.runtime.admission.pending_bodies == 0 and client.runtime.admission.in_flight == 0
+
+
+async def test_requests_still_sending_their_body_are_bounded_in_total_and_per_client(toy_model_dir):
+    app = build_app(toy_model_dir, max_pending_bodies=2, client_max_pending_bodies=1)
+    async with AppClient(app) as client:
+        release = asyncio.Event()
+
+        async def stalled_body():
+            yield b'{"payload": '
+            await release.wait()
+            yield orjson.dumps({"fromLang": "en", "toLang": "fr", "records": [{"id": "1", "text": "alpha"}]}) + b"}"
+
+        def post_stalled(address: str):
+            # httpx's ASGI transport connects from 127.0.0.1, the default trusted proxy: the header names the client.
+            headers = {"content-type": "application/json", "x-forwarded-for": address}
+            return asyncio.create_task(client.http.post("/translation", content=stalled_body(), headers=headers))
+
+        first = post_stalled("192.0.2.1")
+        await until(lambda: client.runtime.admission.pending_bodies == 1, what="the first body pending")
+        same_client = await client.http.post(
+            "/translation", content=stalled_body(), headers={"content-type": "application/json", "x-forwarded-for": "192.0.2.1"}
+        )
+        assert same_client.status_code == 429
+        assert same_client.json()["error"] == {
+            "code": "rate_limited",
+            "message": "this client has 1 requests still sending their body, its limit is 1; retry shortly",
+        }
+        second = post_stalled("192.0.2.2")
+        await until(lambda: client.runtime.admission.pending_bodies == 2, what="the second body pending")
+        third = await client.translate("en", "fr", ["alpha"], headers={"x-forwarded-for": "192.0.2.3"})
+        assert third.status_code == 429
+        assert third.json()["error"] == {
+            "code": "overloaded", "message": "the service has 2 requests still sending their body; retry shortly",
+        }
+        release.set()
+        assert [(await task).status_code for task in (first, second)] == [200, 200]
+        assert (await client.translate("en", "fr", ["alpha bravo"])).json()["result"][0]["text"] == "bravo alpha"
 
 
 async def test_a_full_queue_refuses_before_the_cache_lookup_and_tokenizing(toy_model_dir):
@@ -340,7 +397,7 @@ async def test_a_full_queue_refuses_before_the_cache_lookup_and_tokenizing(toy_m
         client.engine.batches.clear()  # the warm-up
         first = asyncio.create_task(client.translate("en", "fr", ["alpha.", "bravo.", "charlie."]))
         # "alpha." runs; "bravo." and "charlie." wait: room for one more.
-        await until(lambda: client.engine.batches and client.runtime.batcher.queue_depth == 2, what="alpha. running")
+        await until(lambda: client.engine.batches and client.runtime.serving.batcher.queue_depth == 2, what="alpha. running")
         before = (await client.http.get("/metrics")).text
         encoded = CountingEngine.encoded
         refused = await client.translate("en", "fr", ["delta echo. golf hotel."])  # two sentences
@@ -405,3 +462,33 @@ async def test_an_integral_number_id_is_the_integer_it_equals_exactly_however_it
         assert response.json()["error"]["message"] == (
             f"payload.records[0].id must be a string or an integer within 64 bits, got {written}; send larger ids as strings"
         )
+
+
+async def test_numbers_and_nesting_in_unknown_fields_never_fail_a_request(client):
+    def post(extra: bytes, record_id: bytes = b'"1"'):
+        body = (b'{"payload": {"fromLang": "en", "toLang": "fr", "records": [{"id": ' + record_id
+                + b', "text": "alpha bravo"}]}, "extra": ' + extra + b"}")
+        return client.http.post("/translation", content=body, headers={"content-type": "application/json"})
+
+    # Numbers no double holds, in a field the service does not read: valid JSON, translated as usual.
+    for extra in (b"1e400", b"-1e400", b"9" * 5000, b"[1e999, {\"n\": 123456789012345678901234567890}]"):
+        response = await post(extra)
+        assert response.status_code == 200, (extra[:20], response.text)
+        assert response.json() == {"result": [{"id": "1", "text": "bravo alpha"}]}
+    # An id written 2.0 is read from its exact digits, beside whatever the body nests elsewhere.
+    deep = b"[" * 900 + b"]" * 900
+    response = await post(deep, b"2.0")
+    assert response.status_code == 200 and response.json() == {"result": [{"id": 2, "text": "bravo alpha"}]}
+    # Deeper than the exact reading goes (orjson's own limit is 1,024): a 422 that says what to send instead.
+    too_deep = b"[" * 1020 + b"]" * 1020
+    response = await post(too_deep, b"2.0")
+    assert response.status_code == 422
+    assert response.json()["error"] == {
+        "code": "validation_error",
+        "message": "request body nests too deeply to read its numbers exactly; send ids as strings or integers without "
+                   "a decimal point, and numbers no larger than a double holds",
+    }
+    # What orjson refuses stays refused on the exact path too: NaN, lone surrogates.
+    for extra in (b"NaN", b'"\\ud800"'):
+        response = await post(extra + b", \"x\": 1e400")
+        assert response.status_code == 400 and response.json()["error"]["code"] == "malformed_json", extra

@@ -67,7 +67,7 @@ def test_200_concurrent_requests_get_their_translations_in_shared_batches(toy_mo
     single = metric_value(metrics, "translation_batch_size_bucket", 'le="1.0"')
     assert batches - single >= 1, "no batch held more than one sentence"
     assert metric_value(metrics, "translation_batch_size_sum") == 200 + 1  # the warm-up sentence too
-    assert metric_value(metrics, "translation_requests_total", 'status="200"') == 200
+    assert metric_value(metrics, "translation_requests_total", 'status="200",reason="ok"') == 200
     # The process that served all this never loaded torch.
     maps = Path(f"/proc/{service.process.pid}/maps").read_text()
     assert "libtorch" not in maps and "ctranslate2" in maps

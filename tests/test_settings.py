@@ -63,3 +63,11 @@ def test_a_runtime_refuses_settings_not_resolved_for_a_device():
 
     with pytest.raises(ValueError, match="resolved for a device"):
         Runtime(Settings.load(["--model-dir", "m"], {}), manifest=None, load_engine=lambda: None)
+
+
+def test_trusted_proxies_must_be_addresses_or_networks():
+    from service.settings import Settings, SettingsError
+
+    assert Settings.load(["--model-dir", "m", "--forwarded-allow-ips", "127.0.0.1, 10.0.0.0/8, ::1"], {})
+    with pytest.raises(SettingsError, match=r"--forwarded-allow-ips \(MT_FORWARDED_ALLOW_IPS\): 'nginx' is not an IP"):
+        Settings.load(["--model-dir", "m"], {"MT_FORWARDED_ALLOW_IPS": "nginx"})

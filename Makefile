@@ -30,8 +30,49 @@ EXTRAS_runtime :=
 EXTRAS_convert := [convert]
 EXTRAS_dev := [dev]
 
+# torch's CPU build for the extras that pull torch (convert, and dev, which includes it). PyPI's Linux torch wheel
+# is the CUDA build (29 packages, GBs); PyTorch's CPU index has the same version as +cpu, which pip prefers to the
+# plain one. The index is added only when it answers within TORCH_INDEX_TIMEOUT seconds (name lookup included):
+# an offline machine installs from pip's configured sources (a local wheel directory or mirror, pip config list)
+# instead of retrying the index for every package. TORCH_INDEX_URL= (empty) never adds it.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX_TIMEOUT ?= 3
+TORCH_EXTRAS := convert dev
+# Exit 0 when the URL in argv[1] gives any HTTP answer within argv[2] seconds. The request runs in a daemon
+# thread so that a name lookup that hangs (urllib's timeout does not cover it) cannot hold make up either.
+define TORCH_INDEX_PROBE
+import sys, threading, urllib.error, urllib.request
+url, seconds = sys.argv[1], float(sys.argv[2])
+done, answered = threading.Event(), []
+def probe():
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=seconds).close()
+        answered.append(url)
+    except urllib.error.HTTPError:
+        answered.append(url)  # an answer, whatever its status: the index is reachable
+    except Exception:
+        pass  # refused, unknown host, TLS or proxy failure: unreachable now, no need to wait
+    finally:
+        done.set()
+threading.Thread(target=probe, daemon=True).start()
+done.wait(seconds)
+sys.exit(0 if answered else 1)
+endef
+export TORCH_INDEX_PROBE
+PIP_INSTALL_EXTRA = $(VENV)/bin/python -m pip install -q -e '.$(EXTRAS_$(1))'
+# The recipe for one stamp: with the probe where torch is installed and an index is set, else pip alone (no commas
+# in the branches: they are $(if) arguments).
+install_extra = $(if $(and $(TORCH_INDEX_URL),$(filter $(1),$(TORCH_EXTRAS))),\
+	if $(VENV)/bin/python -c "$$TORCH_INDEX_PROBE" '$(TORCH_INDEX_URL)' '$(TORCH_INDEX_TIMEOUT)'; then \
+	  $(call PIP_INSTALL_EXTRA,$(1)) --extra-index-url '$(TORCH_INDEX_URL)'; \
+	else \
+	  echo "make: $(TORCH_INDEX_URL) is not reachable (waited up to $(TORCH_INDEX_TIMEOUT) s); installing torch from pip's configured sources only (on PyPI, torch is the CUDA build)" >&2; \
+	  $(call PIP_INSTALL_EXTRA,$(1)); \
+	fi,\
+	$(call PIP_INSTALL_EXTRA,$(1)))
+
 $(VENV)/.installed-%: pyproject.toml $(wildcard requirements/*.txt) | $(VENV)/bin/python
-	$(VENV)/bin/python -m pip install -q -e '.$(EXTRAS_$*)'
+	$(call install_extra,$*)
 	@touch $@
 
 venv: $(VENV)/.installed-runtime ## the project and its run-time dependencies (no torch, no transformers)

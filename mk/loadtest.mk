@@ -4,8 +4,9 @@
 #   make load-test [URL=...] [USERS=10] [SPAWN_RATE=10] [DURATION=60s] [TEXT_SOURCE=english|toy]
 #                  [MAX_FAILURE_RATIO=0] [P99_MS=2000] [MIN_RPS=10]
 #       Locust, headless, against a running service; CSVs and the HTML report under reports/load-test/;
-#       fails (exit 1) when an objective is missed. Start a service first (make serve / make run); its users
-#       all come from one address, so give it MT_CLIENT_MAX_SENTENCES=100000 (no per-client share) for a load test.
+#       fails (exit 1) when an objective is missed. Start a service first (make serve / make run) with its
+#       defaults: the users all come from one address, and per-client limits (MT_CLIENT_*) are off unless
+#       set (0 = no limit, service/settings.py). A service with them set treats the whole test as one client.
 #   make bench [DEVICE=cpu|cuda] [OUTPUT=docs/benchmarks.md]
 #       the full benchmark on the random-weight m2m100_418M checkpoint (built first if missing),
 #       ~10-15 minutes on 2 cores; writes docs/benchmarks.md and docs/img/*.png

@@ -8,6 +8,7 @@ Without kubectl the rendering tests skip with a reason; with CI set they fail in
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -19,7 +20,10 @@ import pytest
 import yaml
 
 import service
+from service.identity import Caller, TrustedProxies
 from service.logs import JsonFormatter
+from service.openapi import openapi_document
+from service.settings import Settings
 from tests.k8s_helpers import (
     GPU_OVERLAYS,
     K8S,
@@ -55,6 +59,15 @@ PORT = 9527
 LOGGING_NAMESPACE = "logging"
 # Custom resources kubernetes-validate has no schema for; _check_custom_resource checks them.
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+# Endpoints that stay inside the cluster: the probes (kubelet) and /metrics (Prometheus, admitted by the NetworkPolicy).
+INTERNAL_PATHS = {"/healthz", "/readyz", "/metrics"}
+# The ingress-nginx controller's Helm values, and the cluster the gpu-based environments run in.
+INGRESS_NGINX_VALUES = K8S / "cluster" / "ingress-nginx-values.yaml"
+CLUSTER_CONFIG = K8S / "cluster" / "cluster.yaml"
+# The environments that run in k8s/cluster/cluster.yaml, whose pod network is known (the VPC).
+EKS_ENVIRONMENTS = ("staging", "prod")
+# The pod network of kind, minikube and kubeadm with flannel: the overlays that don't know their cluster must trust it.
+COMMON_POD_CIDR = "10.244.0.0/16"
 # Objects of other projects we deploy carry their own version (the recommended labels' convention for a
 # dependency): app.kubernetes.io/name -> the container whose image tag it must agree with.
 THIRD_PARTY = {"redis": "redis", "fluent-bit": "fluent-bit"}
@@ -310,6 +323,96 @@ def test_ingress_matches_the_service_limits(overlay):
     assert not {"/metrics", "/healthz", "/readyz", "/"} & set(paths), "only the API is public"
     for path in paths.values():
         assert path["backend"]["service"] == {"name": "translation", "port": {"name": "http"}}
+
+
+def _public_paths() -> set[str]:
+    """Every path the service documents (its OpenAPI document lists every route), less the internal ones."""
+    paths = set(openapi_document(Settings.load(["--model-dir", "unused"], {}), ["en", "fr"])["paths"])
+    assert INTERNAL_PATHS <= paths, "the internal endpoints moved: update INTERNAL_PATHS"
+    return paths - INTERNAL_PATHS
+
+
+@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
+def test_ingress_routes_every_public_endpoint_and_nothing_internal(overlay):
+    ingress = one(render(overlay), "Ingress", "translation")
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    routed = {p["path"] for p in paths}
+    assert routed == _public_paths(), "route every public endpoint (or add it to INTERNAL_PATHS), and only those"
+    assert {"/translation", "/detect", "/languages", "/openapi.json"} <= routed
+    # Exact: a Prefix path would also route what lies under it, and a catch-all would reach /metrics.
+    assert all(p["pathType"] == "Exact" for p in paths)
+    assert "defaultBackend" not in ingress["spec"] and not routed & INTERNAL_PATHS
+
+
+def _cluster() -> dict:
+    return yaml.safe_load(CLUSTER_CONFIG.read_text())
+
+
+def _pod_network(overlay: str) -> ipaddress.IPv4Network:
+    """Where the ingress controller's pods connect from: the VPC in the EKS cluster (the VPC CNI gives pods VPC
+    addresses), else the usual pod network of a small cluster."""
+    return ipaddress.ip_network(_cluster()["vpc"]["cidr"] if overlay in EKS_ENVIRONMENTS else COMMON_POD_CIDR)
+
+
+@pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
+def test_the_service_sees_the_real_client_behind_the_ingress(overlay):
+    """Every overlay has the Ingress, so every one needs it: the ingress controller's pods may name the client in
+    X-Forwarded-For (per-address limits, the failed-authentication throttle, the request log, and no Retry-After
+    hold on the controller's pooled connections), and nobody else may."""
+    docs = render(overlay)
+    trusted = container_env(docs, server_container(docs))["MT_FORWARDED_ALLOW_IPS"]
+    networks = [ipaddress.ip_network(entry.strip()) for entry in trusted.split(",")]  # never "*"
+    assert all(network.is_private for network in networks), "trust only private networks (the pod network)"
+    pod_network = _pod_network(overlay)
+    if overlay in EKS_ENVIRONMENTS:
+        assert networks == [pod_network], "narrowed to the cluster's VPC (k8s/cluster/cluster.yaml vpc.cidr)"
+    assert any(pod_network.subnet_of(network) for network in networks)
+    proxies = TrustedProxies(trusted)
+    controller_pod, client = str(pod_network.network_address + 1234), "203.0.113.7"
+    # What ingress-nginx sends with k8s/cluster/ingress-nginx-values.yaml: the address it saw, nothing else.
+    assert proxies.caller(controller_pod, client.encode()) == Caller(client, proxied=True)
+    # Had it appended to the client's header instead (compute-full-forwarded-for), a forged entry is ignored.
+    assert proxies.caller(controller_pod, f"198.51.100.1, {client}".encode()) == Caller(client, proxied=True)
+    # Anything that is not a trusted proxy is its own address, whatever it sends.
+    assert proxies.caller(client, b"198.51.100.1") == Caller(client, proxied=False)
+    # Trusting a range is safe only because the NetworkPolicy admits only the controller (and Prometheus) to 9527.
+    [rule] = one(docs, "NetworkPolicy", "translation")["spec"]["ingress"]
+    admitted = {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]}
+    assert admitted == {_ingress_nginx_namespace(), "monitoring"}
+
+
+def _ingress_nginx_namespace() -> str:
+    """The namespace the values file's install command puts the controller in."""
+    (namespace,) = set(re.findall(r"helm install ingress-nginx \S+ -n (\S+)", INGRESS_NGINX_VALUES.read_text()))
+    return namespace
+
+
+def test_ingress_nginx_passes_the_client_address():
+    """The controller must see the client (externalTrafficPolicy Local, or the PROXY protocol on both sides) and
+    pass only what it saw (use-forwarded-headers off: a client's own X-Forwarded-For is not believed)."""
+    values = yaml.safe_load(INGRESS_NGINX_VALUES.read_text())["controller"]
+    config, service_spec = values["config"], values["service"]
+    assert all(isinstance(value, str) for value in config.values()), "ConfigMap values are strings: quote them"
+    assert config["use-forwarded-headers"] == "false"
+    proxy_protocol = config.get("use-proxy-protocol", "false") == "true"
+    balancer_proxy_protocol = service_spec.get("annotations", {}).get("service.beta.kubernetes.io/aws-load-balancer-proxy-protocol")
+    assert proxy_protocol == (balancer_proxy_protocol == "*"), "the PROXY protocol on both sides or on neither"
+    assert service_spec["type"] == "LoadBalancer"
+    assert service_spec.get("externalTrafficPolicy") == "Local" or proxy_protocol, "else nodes rewrite the client's address"
+    # It runs on the system nodes of k8s/cluster/cluster.yaml, at most one pod per node and at least two.
+    (system,) = [group for group in _cluster()["managedNodeGroups"] if group["name"] == "system"]
+    assert values["nodeSelector"].items() <= system["labels"].items() and not system.get("taints")
+    assert 2 <= values["replicaCount"] <= system["minSize"]
+    assert values["minAvailable"] < values["replicaCount"]
+    # The cluster steps install it with these values, where the NetworkPolicy looks for it.
+    install = rf"helm install ingress-nginx \S+ -n {_ingress_nginx_namespace()} --create-namespace\s+-f {INGRESS_NGINX_VALUES.relative_to(ROOT)}"
+    assert re.search(install, (ROOT / "docs" / "deployment.md").read_text())
+
+
+def test_the_cluster_enforces_network_policies():
+    """The VPC CNI ignores NetworkPolicy objects unless told to enforce them; the trust above depends on them."""
+    (cni,) = [addon for addon in _cluster()["addons"] if addon["name"] == "vpc-cni"]
+    assert json.loads(cni["configurationValues"])["enableNetworkPolicy"] == "true"
 
 
 def test_redis_component():

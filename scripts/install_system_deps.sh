@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the system programs the tests drive for real: redis-server (shared cache tests),
-# promtool (alert rules), kubectl (kustomize rendering) and wrk (the edge benchmark's load client).
+# promtool (alert rules), kubectl (kustomize rendering), wrk (the edge benchmark's load client) and
+# nginx (the reverse proxy the reliability suite puts in front of the service).
 # Debian packages; needs root.
 # Installs only what is missing, so a machine that has them is left untouched.
 set -euo pipefail
-declare -A package_of=([redis-server]=redis-server [promtool]=prometheus [kubectl]=kubectl [wrk]=wrk)
+declare -A package_of=([redis-server]=redis-server [promtool]=prometheus [kubectl]=kubectl [wrk]=wrk [nginx]=nginx)
 missing=()
 for program in "${!package_of[@]}"; do
-  command -v "$program" >/dev/null 2>&1 || missing+=("${package_of[$program]}")
+  # nginx lives in /usr/sbin, which a non-root PATH may lack
+  command -v "$program" >/dev/null 2>&1 || [ -x "/usr/sbin/$program" ] || missing+=("${package_of[$program]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
@@ -16,5 +18,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install_system_deps: installing ${missing[*]}" >&2
 apt-get update -qq
-# The prometheus package would start a server; tests only need its promtool binary.
+# The prometheus and nginx packages would start servers (nginx on port 80, every address); tests only need
+# the binaries and start their own on 127.0.0.1. A policy-rc.d that says no (101) stops any start during the
+# install, unless the machine has its own policy.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' >"$policy"
+  chmod +x "$policy"
+  trap 'rm -f "$policy"' EXIT
+fi
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

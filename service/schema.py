@@ -107,6 +107,12 @@ class QueueExpired(ApiError):
     status, code = 503, "queue_timeout"
 
 
+class TooManyConnections(ApiError):
+    """A new connection beyond the connection cap asked for more than a probe (answered by service/http_protocol.py)."""
+
+    status, code = 503, "too_many_connections"
+
+
 # The domain's errors as the API answers them.
 DOMAIN_ERRORS: dict[type[errors.ServiceError], type[ApiError]] = {
     errors.TooMuchWork: PayloadTooLarge,
@@ -142,7 +148,8 @@ def api_error(error: errors.ServiceError) -> ApiError:
 # The status table, for the OpenAPI document and the docs: status -> (code, when).
 ERRORS: tuple[type[ApiError], ...] = (
     BadRequest, MalformedJson, Unauthorized, NotFound, MethodNotAllowed, RequestTimeout, PayloadTooLarge, HeadersTooLarge, UnsupportedMediaType,
-    ValidationFailed, UnsupportedLanguage, Overloaded, RateLimited, TranslationFailed, NotReady, QueueExpired, ApiError,
+    ValidationFailed, UnsupportedLanguage, Overloaded, RateLimited, TranslationFailed, NotReady, QueueExpired, TooManyConnections,
+    ApiError,
 )
 
 

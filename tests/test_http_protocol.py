@@ -1,18 +1,19 @@
-"""The service's HTTP protocol: holding refused connections, timeouts, JSON protocol errors."""
+"""The service's HTTP protocol: holding refused connections, timeouts, JSON protocol errors, request heads measured
+one at a time (pipelining, the head limit)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import time
 import urllib.request
 
-import uvicorn
+import pytest
 
-from service.http_protocol import HOLD_READING, protocol_class
-from tests.helpers import free_port, metric_value, uvicorn_in_thread, wait_for
+from loadtest.toy_task import expected_translation
+from service.http_protocol import HOLD_READING, MAX_HEAD_BYTES
+from tests.helpers import TinyServer, metric_value, read_responses, wait_for
 
 
 async def tiny_app(scope, receive, send):
@@ -42,28 +43,6 @@ def request(path: str, body: bytes = b"") -> bytes:
     return head.encode() + body
 
 
-class TinyServer:
-    """uvicorn with the service's protocol on a free loopback port, in a thread, around an ASGI app."""
-
-    def __init__(self, app, **protocol) -> None:
-        self.port = free_port()
-        options = {"header_timeout": 10.0, "body_timeout": 10.0, "draining": lambda: False, **protocol}
-        keep_alive = options.pop("keep_alive", 5.0)
-        self.config = uvicorn.Config(app, host="127.0.0.1", port=self.port, loop="uvloop", http=protocol_class(**options),
-                                     lifespan="off", log_level="warning", timeout_keep_alive=keep_alive)
-        self._serving = contextlib.ExitStack()
-
-    def __enter__(self) -> TinyServer:
-        self._serving.enter_context(uvicorn_in_thread(self.config))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._serving.close()
-
-    def connect(self) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=5)
-
-
 def test_the_next_request_on_a_refused_connection_is_read_after_the_hold():
     with TinyServer(tiny_app) as server:
         with server.connect() as connection:
@@ -79,14 +58,14 @@ def test_the_next_request_on_a_refused_connection_is_read_after_the_hold():
 
 
 def test_the_service_holds_a_connection_it_refused_for_overload(toy_model_dir, start_service):
-    service = start_service(toy_model_dir, env={"MT_MAX_IN_FLIGHT": "1"})
+    service = start_service(toy_model_dir, env={"MT_MAX_PENDING_BODIES": "1"})
     port = int(service.url.rsplit(":", 1)[1])
     body = json.dumps({"payload": {"fromLang": "en", "toLang": "fr", "records": [{"id": "1", "text": "alpha bravo"}]}}).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as slow, socket.create_connection(("127.0.0.1", port), timeout=10) as eager:
-        # The slow client takes the only slot: its request is in flight while its body trickles in.
+        # The slow client takes the only body slot: its body trickles in.
         full = request("/translation", body)
         slow.sendall(full[:-10])
-        wait_for(lambda: in_flight(service.url) == 1, timeout=10, what="the slow request in flight")
+        wait_for(lambda: pending_bodies(service.url) == 1, timeout=10, what="the slow request's body pending")
         refused, refusal = exchange_json(eager, request("/translation", body))
         assert refused.startswith(b"HTTP/1.1 429") and b"retry-after: 1" in refused.lower()
         slow.sendall(full[-10:])
@@ -99,10 +78,10 @@ def test_the_service_holds_a_connection_it_refused_for_overload(toy_model_dir, s
     assert held >= 0.6  # about 1 s, less the time the slow request took
 
 
-def in_flight(url: str) -> float:
-    """The service's requests in flight, from /metrics."""
+def pending_bodies(url: str) -> float:
+    """The service's requests still sending their body, from /metrics."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
-        return metric_value(response.read().decode(), "translation_in_flight_requests")
+        return metric_value(response.read().decode(), "translation_pending_bodies")
 
 
 def exchange_json(connection: socket.socket, data: bytes) -> tuple[bytes, float]:
@@ -276,3 +255,164 @@ def test_broken_chunked_framing_inside_a_body_gets_400_at_once():
     assert data.startswith(b"HTTP/1.1 400") and json_body(data)["error"]["code"] == "bad_request"
     assert waited < 2  # not the 5 s body timeout
     assert seen[-1] == "http.disconnect"
+
+
+# --- request heads measured one at a time: pipelining and the head limit
+
+
+def echo_app(delay: float = 0.0):
+    """An app that reads each request's body and answers (after `delay` seconds) `PATH?QUERY SIZE`."""
+
+    async def echo(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                break
+        if delay:
+            await asyncio.sleep(delay)
+        body = f"{scope['path']}?{scope['query_string'].decode()} {size}".encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return echo
+
+
+# What a browser-like client sends besides the request line: 600 such heads are well over MAX_HEAD_BYTES.
+CLIENT_HEADERS = "Host: t\r\nUser-Agent: pipelining-test/1.0\r\nAccept: application/json\r\nX-Request-Id: {i:06d}\r\n"
+TOY_BODY = b'{"payload": {"fromLang": "en", "toLang": "fr", "records": [{"id": "1", "text": "alpha bravo"}]}}'
+
+
+def pipelined_request(kind: str, i: int) -> bytes:
+    """Request `i` of a pipeline: a GET, a POST with a Content-Length body, or a POST with a chunked body."""
+    headers = CLIENT_HEADERS.format(i=i)
+    if kind == "get":
+        return f"GET /healthz?i={i} HTTP/1.1\r\n{headers}\r\n".encode()
+    if kind == "post":
+        return f"POST /translation?i={i} HTTP/1.1\r\n{headers}Content-Length: {len(TOY_BODY)}\r\n\r\n".encode() + TOY_BODY
+    return f"POST /chunked?i={i} HTTP/1.1\r\n{headers}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n".encode()
+
+
+BODY_SIZES = {"get": 0, "post": len(TOY_BODY), "chunked": 8}
+PATHS = {"get": "/healthz", "post": "/translation", "chunked": "/chunked"}
+
+
+@pytest.mark.parametrize("kind", ["get", "post", "chunked"])
+def test_600_pipelined_requests_in_one_write_are_all_answered_in_order(kind):
+    data = b"".join(pipelined_request(kind, i) for i in range(600))
+    assert len(data) > MAX_HEAD_BYTES  # counted by the read, as before, this came to 431 and nothing answered
+    with TinyServer(echo_app()) as server, server.connect() as connection:
+        connection.sendall(data)
+        responses, _ = read_responses(connection, 600, timeout=30)
+    assert len(responses) == 600
+    assert [(status, body) for status, _, body in responses] == [
+        (200, f"{PATHS[kind]}?i={i} {BODY_SIZES[kind]}".encode()) for i in range(600)
+    ]
+
+
+def head_of(size: int, path: str = "/exact") -> bytes:
+    """A complete GET head of exactly `size` bytes, its blank line included."""
+    short = f"GET {path} HTTP/1.1\r\nHost: t\r\nX-Pad: \r\n\r\n"
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\nX-Pad: {'p' * (size - len(short))}\r\n\r\n".encode()
+
+
+def send_in_pieces(connection: socket.socket, data: bytes, piece: int = 1000) -> None:
+    """Sends `data` in small writes, each on its own (the server reads the head in many reads)."""
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for start in range(0, len(data), piece):
+        connection.sendall(data[start:start + piece])
+        time.sleep(0.001)
+
+
+TOO_LARGE = {"error": {"code": "headers_too_large", "message": f"the request head is over {MAX_HEAD_BYTES} bytes"}}
+
+
+@pytest.mark.parametrize(
+    "arrival", ["one write", "many writes", "behind pipelined bodies", "behind a body and empty lines", "split at its blank line"]
+)
+@pytest.mark.parametrize("size", [MAX_HEAD_BYTES, MAX_HEAD_BYTES + 1])
+def test_a_head_of_the_limit_is_served_and_one_byte_more_gets_431_however_it_arrives(arrival, size):
+    head = head_of(size)
+    before = {
+        "behind pipelined bodies": [pipelined_request("post", i) for i in range(50)],
+        # Empty lines before a request line (some clients end a body with one) are skipped, and not counted.
+        "behind a body and empty lines": [pipelined_request("post", 0) + b"\r\n\r\n\r\n"],
+    }.get(arrival, [])
+    with TinyServer(echo_app(delay=0.002)) as server, server.connect() as connection:
+        if arrival == "many writes":
+            send_in_pieces(connection, head)
+        elif arrival == "split at its blank line":
+            connection.sendall(head[:-2])
+            time.sleep(0.05)
+            connection.sendall(head[-2:])
+        else:
+            connection.sendall(b"".join(before) + head)
+        responses, rest = read_responses(connection, len(before) + 1, timeout=20)
+        closed = size > MAX_HEAD_BYTES and connection.recv(1) == b""
+    # Whatever came before the head is answered first, in order.
+    answers = [(status, body) for status, _, body in responses[:-1]]
+    assert answers == [(200, f"/translation?i={i} {len(TOY_BODY)}".encode()) for i in range(len(before))]
+    status, headers, body = responses[-1]
+    if size <= MAX_HEAD_BYTES:
+        assert (status, body) == (200, b"/exact? 0")
+    else:
+        assert (status, json.loads(body), headers["connection"]) == (431, TOO_LARGE, "close")
+        assert rest == b"" and closed
+
+
+def test_an_oversized_head_still_arriving_behind_slow_pipelined_requests_gets_431_after_their_answers():
+    with TinyServer(echo_app(delay=0.1)) as server, server.connect() as connection:
+        connection.sendall(b"".join(pipelined_request("get", i) for i in range(3)) + b"GET /big HTTP/1.1\r\nX-Big: " + b"b" * (200 * 1024))
+        responses, _ = read_responses(connection, 4, timeout=10)
+    assert [(status, body) for status, _, body in responses[:3]] == [(200, f"/healthz?i={i} 0".encode()) for i in range(3)]
+    assert (responses[3][0], json.loads(responses[3][2])) == (431, TOO_LARGE)
+
+
+def test_an_oversized_head_after_a_chunked_request_in_the_same_write_gets_431():
+    # After a chunked body the parser hides where the next head begins; it is measured from what was parsed.
+    with TinyServer(echo_app()) as server, server.connect() as connection:
+        connection.sendall(pipelined_request("chunked", 0) + head_of(MAX_HEAD_BYTES + 1024))
+        responses, _ = read_responses(connection, 2, timeout=10)
+    assert [status for status, _, _ in responses] == [200, 431]
+    assert responses[0][2] == b"/chunked?i=0 8" and json.loads(responses[1][2]) == TOO_LARGE
+
+
+def test_the_head_clock_of_a_request_behind_slow_pipelined_answers_waits_for_them():
+    # uvicorn reads nothing while pipelined requests are answered: a head left incomplete behind them is not late
+    # until they are; its 408 then follows their answers.
+    with TinyServer(echo_app(delay=0.4), header_timeout=0.3) as server, server.connect() as connection:
+        connection.sendall(pipelined_request("get", 0) + pipelined_request("get", 1) + b"GET /late HTTP/1.1\r\nHost: t\r\n")
+        responses, _ = read_responses(connection, 3, timeout=10)
+    assert [status for status, _, _ in responses] == [200, 200, 408]
+    assert json.loads(responses[2][2])["error"]["code"] == "request_timeout"
+
+
+@pytest.mark.slow
+def test_600_pipelined_translations_and_probes_on_one_connection_are_all_answered_in_order(toy_model_dir, start_service):
+    service = start_service(toy_model_dir)
+    port = int(service.url.rsplit(":", 1)[1])
+    texts = ["alpha bravo", "charlie delta echo.", "foxtrot"]
+
+    def one(i: int) -> bytes:
+        if i % 2:
+            return f"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Request-Id: r{i}\r\n\r\n".encode()
+        body = json.dumps({"payload": {"fromLang": "en", "toLang": "fr", "records": [{"id": i, "text": texts[i % 3]}]}}).encode()
+        return f"POST /translation HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+    data = b"".join(one(i) for i in range(600))
+    assert len(data) > MAX_HEAD_BYTES
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(data)
+        responses, _ = read_responses(connection, 600, timeout=120)
+    seconds = time.perf_counter() - started
+    assert len(responses) == 600, f"{len(responses)} of 600 answered"
+    for i, (status, _, body) in enumerate(responses):
+        if i % 2:
+            assert (status, json.loads(body)) == (200, {"status": "alive"}), i
+        else:
+            assert (status, json.loads(body)["result"]) == (200, [{"id": i, "text": expected_translation(texts[i % 3], "fr")}]), i
+    print(f"600 pipelined requests ({len(data)} bytes in one write) answered in order in {seconds:.2f} s")

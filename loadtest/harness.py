@@ -94,8 +94,11 @@ class ServerProcess:
     def service(
         cls, model_dir: Path, env: dict[str, str] | None = None, log_path: Path | None = None, args: tuple[str, ...] = ()
     ) -> Self:
-        """This project's service (`python -m service`) on a model directory."""
-        return cls("service", ("--model-dir", str(model_dir), *args), dict(env or {}), log_path)
+        """This project's service (`python -m service`) on a model directory (on the toy model, at the compute type
+        that is exact on this CPU unless `env` names one: loadtest/toy_compute.py)."""
+        from loadtest.toy_compute import toy_environment
+
+        return cls("service", ("--model-dir", str(model_dir), *args), toy_environment(model_dir, dict(env or {})), log_path)
 
     @property
     def url(self) -> str:

@@ -19,6 +19,7 @@ from loadtest.harness import (
     wait_for,
 )
 from loadtest.paths import ROOT
+from loadtest.toy_compute import toy_environment
 
 __all__ = [
     "ROOT", "TOY_CHECKPOINT", "AppClient", "ServerProcess", "SlowEngine", "build_app", "free_port", "metric_value",
@@ -70,9 +71,11 @@ def build_app(model_dir: Path, wrap_engine=None, **overrides):
     settings = Settings.load(argv, {}).for_device("cpu")
     manifest = read_manifest(model_dir)
 
+    compute_type = toy_environment(model_dir, {}).get("MT_COMPUTE_TYPE", "int8")
+
     def load_engine():
         engine = Engine.load(
-            model_dir, manifest, device="cpu", compute_type="int8", inter_threads=settings.inter_threads,
+            model_dir, manifest, device="cpu", compute_type=compute_type, inter_threads=settings.inter_threads,
             intra_threads=settings.intra_threads, beam_size=settings.beam_size,
             max_decoding_length=settings.max_decoding_length,
         )
@@ -132,3 +135,65 @@ class SlowEngine:
         self.batches.append([job.source for job in jobs])
         time.sleep(self._delay)
         return self._engine.translate(jobs)
+
+
+# --- the connection layer: uvicorn with the service's protocol around any ASGI app, and raw HTTP/1.1 answers
+
+
+class TinyServer:
+    """uvicorn with the service's protocol (service/http_protocol.py) on a free loopback port, in a thread, around
+    an ASGI app. `protocol` overrides protocol_class's arguments; `keep_alive` is uvicorn's idle timeout."""
+
+    def __init__(self, app, **protocol) -> None:
+        import uvicorn
+
+        from service.http_protocol import protocol_class
+
+        self.port = free_port()
+        options = {"header_timeout": 10.0, "body_timeout": 10.0, "draining": lambda: False, **protocol}
+        keep_alive = options.pop("keep_alive", 5.0)
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=self.port, loop="uvloop", http=protocol_class(**options),
+                                     lifespan="off", log_level="warning", timeout_keep_alive=keep_alive, ws="none")
+        self._serving = contextlib.ExitStack()
+
+    def __enter__(self) -> TinyServer:
+        self._serving.enter_context(uvicorn_in_thread(self.config))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._serving.close()
+
+    def connect(self, timeout: float = 5.0):
+        import socket
+
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
+
+def read_responses(connection, count: int, timeout: float = 30.0) -> tuple[list[tuple[int, dict[str, str], bytes]], bytes]:
+    """Reads up to `count` HTTP/1.1 responses with a Content-Length from a socket, until `count` are in, the
+    connection closes, or `timeout` seconds pass: ([(status, headers in lower case, body)], bytes left over)."""
+    deadline = time.monotonic() + timeout
+    responses: list[tuple[int, dict[str, str], bytes]] = []
+    data = b""
+    while len(responses) < count:
+        head, separator, rest = data.partition(b"\r\n\r\n")
+        if separator:
+            status_line, *lines = head.decode("latin-1").split("\r\n")
+            headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+            length = int(headers.get("content-length", "0"))
+            if len(rest) >= length:
+                responses.append((int(status_line.split()[1]), headers, rest[:length]))
+                data = rest[length:]
+                continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        connection.settimeout(left)
+        try:
+            chunk = connection.recv(1 << 16)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return responses, data

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import random
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def exact_compute_type(model_dir: Path) -> str:
 
 def toy_environment(model_dir: Path, env: dict[str, str]) -> dict[str, str]:
     """`env` for a service on `model_dir`, with MT_COMPUTE_TYPE set to the exact one when it is the toy model and
-    the caller chose none."""
-    if "MT_COMPUTE_TYPE" in env or not is_toy_model(model_dir):
+    neither the caller nor this process's environment chose one (MT_COMPUTE_TYPE=int8 in the environment keeps
+    a benchmark comparable across CPUs)."""
+    if "MT_COMPUTE_TYPE" in env or "MT_COMPUTE_TYPE" in os.environ or not is_toy_model(model_dir):
         return env
     return {**env, "MT_COMPUTE_TYPE": exact_compute_type(Path(model_dir))}

@@ -20,9 +20,10 @@
   connection beyond the cap is an overflow connection: it has OVERFLOW_HEAD_SECONDS to send its head; a GET
   of /healthz or /readyz is served (then the connection closes), anything else gets a fast 503
   too_many_connections and the connection closes. Beyond the ceiling (what the open-file limit leaves) a new
-  connection gets that 503 at once, unread: the process must never run out of descriptors, because libuv
-  answers EMFILE in accept by resetting waiting connections, probes included. Refusals are logged at most
-  once every REFUSAL_LOG_SECONDS, with counts.
+  connection first closes the oldest connection that has not sent a byte (idle sockets yield to a probe or a
+  request), and if there is none, gets that 503 at once, unread: the process must never run out of
+  descriptors, because libuv answers EMFILE in accept by resetting waiting connections, probes included.
+  Refusals are logged at most once every REFUSAL_LOG_SECONDS, with counts.
 - Upgrade requests are served as the HTTP/1.1 they also are. The service speaks neither websocket nor
   h2c, and RFC 9110 lets a server ignore Upgrade; but httptools stops parsing at one, dropping the body
   of, say, `curl --http2 -d @body.json`. So an Upgrade header is renamed before the parser sees it.
@@ -65,6 +66,7 @@ import logging
 import math
 import re
 from asyncio import TimerHandle
+from collections import OrderedDict
 from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -114,6 +116,11 @@ class ConnectionLimit:
         self.cap = cap
         self.ceiling = ceiling
         self.open = 0
+        # Connections that have not sent a byte yet, oldest first: at the ceiling, the oldest of them is closed to
+        # make room, so idle sockets held open by a client (a slowloris, a pool opened and never used) cannot keep a
+        # probe or a real request out. A connection that has sent anything is never closed for another.
+        self.silent: OrderedDict[object, None] = OrderedDict()
+        self.evicted = 0
         self.refused = 0  # connections refused since the start
         self._unreported = 0  # ... since the last log line
         self._reported_at = -math.inf
@@ -156,6 +163,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _chunked_body = False  # the current request's body is chunked: the parser hides its size on the wire
     _closing_after_request = False  # the server is shutting down: serve what has begun, then close
     _overflow = False  # opened beyond the connection cap: one probe, then closed
+    _silent = True  # no byte received yet (ConnectionLimit.silent)
     _stopped = False  # no further request is read: what still arrives is dropped until the connection closes
     _deferred_error: ApiError | None = None  # a protocol error to send once the requests before it are answered
     # Head accounting (see _head_size): the read being parsed; where in it the next request can begin at the
@@ -177,18 +185,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         limit.open += 1
         if limit.over_cap:
             self._overflow = True
-            if limit.over_ceiling:
+            if limit.over_ceiling and not self._evict_a_silent_connection():
                 # Not a descriptor to spare for waiting on its head: the 503 goes out at once, unread.
                 self._refuse_overflow(linger=False)
                 return
+        limit.silent[self] = None
         self._arm("head")  # a fresh connection owes us a request head
+
+    def _evict_a_silent_connection(self) -> bool:
+        """Closes the oldest connection that has not sent a byte, making room for this one; False if none."""
+        limit = self.connection_limit
+        while limit.silent:
+            victim, _ = limit.silent.popitem(last=False)
+            transport = getattr(victim, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.close()
+                limit.evicted += 1
+                limit.note_refused(self.loop.time())
+                return True
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connection_limit.open -= 1
+        self.connection_limit.silent.pop(self, None)
         self._disarm()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._silent:
+            self._silent = False
+            self.connection_limit.silent.pop(self, None)
         if self._stopped:
             return
         if not self._head_pending and not self._body_pending and b"pgrade" in data:

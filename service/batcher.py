@@ -1,6 +1,13 @@
 """A standalone dynamic batcher: packs items from concurrent callers into shared batch calls.
 
-- One queue, bounded: `submit` fails fast with QueueFull instead of letting latency grow without end.
+- One bounded queue: `submit` fails fast with QueueFull instead of letting latency grow without end.
+- Fair, not first-come: the queue is kept per client and, within a client, per request. Batches are
+  formed item by item from the client that has been served the least cost (source tokens) so far, a
+  start-time fair queue (the fair queuing of network schedulers; vLLM and Triton schedule by priority
+  or fairness for the same reason), and a client's requests take turns. A client that arrives starts
+  level with the least-served active one, so it gets no credit for having been idle. A one-sentence
+  request arriving behind bulk documents goes into the next batch instead of waiting for every queued
+  document; batches still fill, since every client with work is served in turn.
 - A batch is bounded by an item count and a cost budget (source tokens). A lone item runs at once;
   while batches run, new items queue up and form the next batch as soon as a worker frees.
 - `concurrency` worker threads each run one blocking batch call at a time (one per engine worker).
@@ -22,10 +29,12 @@ It knows nothing of the web framework or the engine: `run_batch` is any blocking
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -71,6 +80,20 @@ class _Entry(Generic[Item, Result]):
     future: asyncio.Future
     enqueued_at: float = field(default_factory=time.perf_counter)
     waiters: int = 1
+    queue: deque | None = None  # the request queue it waits in; None once taken or withdrawn
+    place: tuple[Hashable, Hashable] = (None, None)  # (client, request) of that queue
+
+
+class _Flow:
+    """One client's queued entries: a queue per request, served round-robin, and the cost it has been served
+    (its virtual time); `turn` tells its current place in the batcher's heap from stale ones."""
+
+    __slots__ = ("requests", "served", "turn")
+
+    def __init__(self, served: float) -> None:
+        self.requests: OrderedDict[Hashable, deque[_Entry]] = OrderedDict()
+        self.served = served
+        self.turn = 0
 
 
 class Batcher(Generic[Item, Result]):
@@ -100,10 +123,14 @@ class Batcher(Generic[Item, Result]):
         self._key = key
         self._on_batch = on_batch
         self._on_wait = on_wait
-        # Guarded by _lock: the queue, the key index, the waiter counts and _closing.
+        # Guarded by _lock: the queues, the key index, the waiter counts and _closing.
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
-        self._pending: deque[_Entry] = deque()
+        self._flows: dict[Hashable, _Flow] = {}  # clients with queued work
+        self._turns: list[tuple[float, int, Hashable]] = []  # heap of (served, turn, client): least served first
+        self._turn_counter = itertools.count()
+        self._virtual_time = 0.0  # the served cost of the last client picked: where newcomers start
+        self._queued = 0
         self._by_key: dict[Hashable, _Entry] = {}
         self._closing = False
         self._threads: list[threading.Thread] = []
@@ -112,11 +139,11 @@ class Batcher(Generic[Item, Result]):
     # --- state, for health checks and metrics
     @property
     def queue_depth(self) -> int:
-        return len(self._pending)
+        return self._queued
 
     def has_room(self, items: int) -> bool:
         """Whether `items` new items would fit in the queue now: a cheap check before costly work."""
-        return len(self._pending) + items <= self._max_queue
+        return self._queued + items <= self._max_queue
 
     @property
     def alive(self) -> bool:
@@ -145,13 +172,17 @@ class Batcher(Generic[Item, Result]):
             await asyncio.sleep(0)  # the workers' last hand-outs run on the loop
 
     # --- submitting (on the event loop)
-    async def submit(self, items: Sequence[Item]) -> list[Outcome[Result]]:
+    async def submit(
+        self, items: Sequence[Item], *, client: Hashable = None, request: Hashable = None
+    ) -> list[Outcome[Result]]:
         """Queues all items (all or none), waits for their results in order.
 
+        `client` and `request` name the queues the items wait in (batches take turns across clients, then
+        across a client's requests); a request left None is this call alone.
         Raises QueueFull or BatcherClosed before queueing anything, or the batch call's exception.
         Cancelling the caller withdraws its interest: items nobody waits for are not computed.
         """
-        entries = self._enqueue(items)
+        entries = self._enqueue(items, client, object() if request is None else request)
         try:
             # shield: one caller leaving must not cancel a result that others share.
             if len(entries) == 1:  # the common case, without gather's extra future
@@ -165,13 +196,25 @@ class Batcher(Generic[Item, Result]):
                         # Withdrawn at once, not when a worker next looks: a departed client's sentences must
                         # not hold queue room (and turn the next request away with 429).
                         self._forget(entry)
-                        try:
-                            self._pending.remove(entry)
-                        except ValueError:
-                            pass  # already taken into a batch
+                        if entry.queue is not None:  # else already taken into a batch
+                            self._withdraw(entry)
             raise
 
-    def _enqueue(self, items: Sequence[Item]) -> list[_Entry]:
+    def _withdraw(self, entry: _Entry) -> None:
+        """Takes a queued entry out of its request queue, dropping queues and clients left empty."""
+        queue = entry.queue
+        assert queue is not None
+        queue.remove(entry)
+        entry.queue = None
+        self._queued -= 1
+        if not queue:
+            client, request = entry.place
+            flow = self._flows[client]
+            del flow.requests[request]
+            if not flow.requests:
+                del self._flows[client]
+
+    def _enqueue(self, items: Sequence[Item], client: Hashable, request: Hashable) -> list[_Entry]:
         keyed = [(self._key(item), item) for item in items]
         loop = self._loop or asyncio.get_running_loop()
         entries = []
@@ -179,14 +222,25 @@ class Batcher(Generic[Item, Result]):
             if self._closing:
                 raise BatcherClosed("the service is shutting down")
             new_keys = {key for key, _ in keyed if key not in self._by_key}
-            if len(self._pending) + len(new_keys) > self._max_queue:
-                raise QueueFull(f"{len(self._pending)} items queued, room for {self._max_queue}")
+            if self._queued + len(new_keys) > self._max_queue:
+                raise QueueFull(f"{self._queued} items queued, room for {self._max_queue}")
+            queue: deque[_Entry] | None = None
             for key, item in keyed:
                 entry = self._by_key.get(key)
                 if entry is None:
+                    if queue is None:
+                        flow = self._flows.get(client)
+                        if flow is None:
+                            flow = self._flows[client] = _Flow(self._virtual_time)
+                            self._schedule(client, flow)
+                        queue = flow.requests.get(request)
+                        if queue is None:
+                            queue = flow.requests[request] = deque()
                     entry = _Entry(item=item, key=key, cost=self._cost(item), future=loop.create_future(), waiters=0)
+                    entry.queue, entry.place = queue, (client, request)
                     self._by_key[key] = entry
-                    self._pending.append(entry)
+                    queue.append(entry)
+                    self._queued += 1
                 entry.waiters += 1
                 entries.append(entry)
             if entries:
@@ -212,10 +266,7 @@ class Batcher(Generic[Item, Result]):
     def _next_batch(self) -> tuple[list[_Entry], list[_Entry]] | None:
         """Waits for work; returns (batch, expired entries), or None once closing with nothing left."""
         with self._lock:
-            while True:
-                self._drop_abandoned()
-                if self._pending:
-                    break
+            while not self._queued:
                 if self._closing:
                     return None
                 self._work_ready.wait()
@@ -223,26 +274,46 @@ class Batcher(Generic[Item, Result]):
             expired: list[_Entry] = []
             cost = 0
             expired_before = time.perf_counter() - self._queue_timeout if self._queue_timeout > 0 else float("-inf")
-            while self._pending and len(batch) < self._max_batch_size:
-                entry = self._pending[0]
-                if batch and cost + entry.cost > self._max_batch_cost:
-                    break
-                self._pending.popleft()
-                if entry.waiters <= 0:
+            while self._turns and len(batch) < self._max_batch_size:
+                served, turn, client = self._turns[0]
+                flow = self._flows.get(client)
+                if flow is None or flow.turn != turn:
+                    heapq.heappop(self._turns)  # stale: the client left or was rescheduled
+                    continue
+                request, queue = next(iter(flow.requests.items()))
+                entry = queue[0]
+                abandoned = entry.waiters <= 0  # every caller left: dropped, never computed
+                late = not abandoned and entry.enqueued_at < expired_before
+                if not (abandoned or late) and batch and cost + entry.cost > self._max_batch_cost:
+                    break  # the batch is full by cost; this client stays first in line
+                heapq.heappop(self._turns)
+                queue.popleft()
+                entry.queue = None
+                self._queued -= 1
+                if abandoned or late:
                     self._forget(entry)
-                elif entry.enqueued_at < expired_before:
-                    self._forget(entry)
-                    expired.append(entry)
+                    if late:
+                        expired.append(entry)
                 else:
+                    self._virtual_time = flow.served
+                    flow.served += entry.cost
                     batch.append(entry)
                     cost += entry.cost
-            if self._pending:
+                if queue:
+                    flow.requests.move_to_end(request)  # the client's requests take turns
+                else:
+                    del flow.requests[request]
+                if flow.requests:
+                    self._schedule(client, flow)
+                else:
+                    del self._flows[client]  # an idle client keeps no credit
+            if self._queued:
                 self._work_ready.notify()  # more work: wake another idle worker
             return batch, expired
 
-    def _drop_abandoned(self) -> None:
-        while self._pending and self._pending[0].waiters <= 0:
-            self._forget(self._pending.popleft())
+    def _schedule(self, client: Hashable, flow: _Flow) -> None:
+        flow.turn = next(self._turn_counter)
+        heapq.heappush(self._turns, (flow.served, flow.turn, client))
 
     def _forget(self, entry: _Entry) -> None:
         if self._by_key.get(entry.key) is entry:

@@ -306,3 +306,81 @@ async def test_a_withdrawn_callers_items_free_their_queue_room_at_once():
     assert await values(batcher, ["d"]) == ["D"]
     assert run.batches == [["z"], ["d"]]
     await batcher.close()
+
+
+# --- fair scheduling: deficit round-robin across clients, round-robin across a client's requests
+
+
+async def test_a_lone_request_behind_a_queued_document_goes_into_the_next_batch():
+    run = Recorder()
+    batcher = make(run, max_batch_size=4, max_batch_cost=400)
+    run.release.clear()
+    blocker = asyncio.create_task(values(batcher, ["block"]))
+    await until(lambda: run.running == 1)
+    document = asyncio.create_task(values(batcher, [f"doc{i:02}" for i in range(12)]))
+    await until(lambda: batcher.queue_depth == 12)
+    probe = asyncio.create_task(values(batcher, ["probe"]))
+    await until(lambda: batcher.queue_depth == 13)
+    run.release.set()
+    assert await probe == ["PROBE"]
+    await document, await blocker
+    # FIFO would have run doc00-03, doc04-07, doc08-11, then the probe: here it shares the very next batch.
+    assert "probe" in run.batches[1] and len(run.batches[1]) == 4
+    assert [len(batch) for batch in run.batches[1:]] == [4, 4, 4, 1]  # batches still fill
+    await batcher.close()
+
+
+async def test_requests_of_one_client_take_turns_and_so_do_clients():
+    run = Recorder()
+    batcher = make(run, max_batch_size=6, max_batch_cost=600)
+    run.release.clear()
+    blocker = asyncio.create_task(values(batcher, ["block"]))
+    await until(lambda: run.running == 1)
+    a1 = asyncio.create_task(batcher.submit([f"a1-{i}" for i in range(4)], client="a", request=1))
+    a2 = asyncio.create_task(batcher.submit([f"a2-{i}" for i in range(4)], client="a", request=2))
+    b1 = asyncio.create_task(batcher.submit([f"b1-{i}" for i in range(4)], client="b", request=1))
+    await until(lambda: batcher.queue_depth == 12)
+    run.release.set()
+    await asyncio.gather(a1, a2, b1, blocker)
+    # Clients alternate (equal costs), and client a's turns alternate between its two requests.
+    assert run.batches[1] == ["a1-0", "b1-0", "a2-0", "b1-1", "a1-1", "b1-2"]
+    await batcher.close()
+
+
+async def test_clients_share_batches_by_cost_not_by_count():
+    # Client "long" queues items of cost 40, client "short" items of cost 10: each turn earns the same quantum,
+    # so over a batch the short client sends about four items for each long one.
+    run = Recorder()
+    batcher = make(run, max_batch_size=100, max_batch_cost=400, cost=lambda item: 40 if item.startswith("L") else 10)
+    run.release.clear()
+    blocker = asyncio.create_task(values(batcher, ["S-block"]))
+    await until(lambda: run.running == 1)
+    long = asyncio.create_task(batcher.submit([f"L{i:02}" for i in range(20)], client="long"))
+    short = asyncio.create_task(batcher.submit([f"S{i:02}" for i in range(40)], client="short"))
+    await until(lambda: batcher.queue_depth == 60)
+    run.release.set()
+    await asyncio.gather(long, short, blocker)
+    second = run.batches[1]
+    longs, shorts = sum(i.startswith("L") for i in second), sum(i.startswith("S") for i in second)
+    assert 40 * longs + 10 * shorts <= 400
+    assert abs(40 * longs - 10 * shorts) <= 40  # equal cost, within one item
+    await batcher.close()
+
+
+async def test_a_withdrawn_request_leaves_no_empty_turn_behind():
+    run = Recorder()
+    batcher = make(run, max_batch_size=2)
+    run.release.clear()
+    blocker = asyncio.create_task(values(batcher, ["block"]))
+    await until(lambda: run.running == 1)
+    leaving = asyncio.create_task(batcher.submit(["x", "y"], client="gone"))
+    staying = asyncio.create_task(batcher.submit(["p", "q", "r"], client="here"))
+    await until(lambda: batcher.queue_depth == 5)
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    run.release.set()
+    assert [o.value for o in await staying] == ["P", "Q", "R"]
+    assert await blocker == ["BLOCK"]
+    assert run.batches[1:] == [["p", "q"], ["r"]]
+    await batcher.close()

@@ -9,7 +9,9 @@ can use it, and given back by the permit when the request ends, whatever happens
    for this client. A request still sending its body holds only a body slot, so connections that stall
    mid-body can't take the in-flight slots or queue room that ready requests need.
 2. Once the body is in (`Permit.body_received`): an in-flight slot.
-3. Once its sentences are counted (`Permit.take_sentences`): room in the queue, and the client's share.
+3. Once its sentences are counted (`Permit.take_sentences`): its window of the queue (a request is fed to
+   the engine at most `settings.request_window` sentences at a time, however long it is), and the client's
+   share. Reservations add up to at most the queue's size, so the queue bounds load, never request size.
 
 Domain code: it raises service/errors.py's errors; the edge maps them to statuses in one table.
 """
@@ -28,7 +30,6 @@ from service.errors import (
     AtCapacity,
     OverClientShare,
     TooManyAuthFailures,
-    TooMuchWork,
     Unauthenticated,
 )
 from service.identity import Caller, TrustedProxies
@@ -49,6 +50,7 @@ class Admission:
         self._max_in_flight = settings.max_in_flight
         self._max_pending_bodies = settings.max_pending_bodies
         self._max_queue = settings.max_queue
+        self._window = settings.request_window
         # An unreadable keys file stops the start (AccessError).
         self.keys = ApiKeys(Path(settings.api_keys_file)) if settings.api_keys_file else None
         self.proxies = TrustedProxies(settings.forwarded_allow_ips)
@@ -62,6 +64,7 @@ class Admission:
         self._auth_failures = AuthThrottle(rate=settings.auth_failures_per_second, burst=settings.auth_failure_burst, clock=clock)
         self.in_flight = 0  # requests whose body is in, being served
         self.pending_bodies = 0  # requests admitted on their head whose body is still arriving
+        self.reserved = 0  # queue room held by requests being served: each its window
 
     def caller(self, peer: tuple[str, int] | None, forwarded_for: bytes | None) -> Caller:
         return self.proxies.caller(peer[0] if peer else "unknown", forwarded_for)
@@ -84,9 +87,20 @@ class Admission:
         """Admits a request on its head, holding a body slot; raises the ServiceError that refuses it."""
         serving = self._accepting()
         client = self.authenticate(caller, authorization)
+        self._admit_rate(client)
+        return self._hold_body_slot(serving, caller, client)
+
+    def enter_before_key(self, caller: Caller) -> Permit:
+        """Admits a request whose API key comes in its body (LibreTranslate's `api_key`): a body slot, counted for its
+        address until `Permit.authenticate` has read the key."""
+        return self._hold_body_slot(self._accepting(), caller, "addr:" + caller.address)
+
+    def _admit_rate(self, client: str) -> None:
         refusal = self.fair_use.admit_request(client)
         if refusal is not None:
             raise OverClientShare(f"{refusal.reason}; retry shortly", retry_after=refusal.retry_after)
+
+    def _hold_body_slot(self, serving: Serving, caller: Caller, client: str) -> Permit:
         if self.pending_bodies >= self._max_pending_bodies:
             raise AtCapacity(
                 f"the service has {self.pending_bodies} requests still sending their body; retry shortly",
@@ -119,6 +133,13 @@ class Permit:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    def authenticate(self, authorization: str) -> None:
+        """For a permit from `enter_before_key`: the key (`Bearer KEY`) read from the body, and the client's rate.
+        Call it after `body_received`, which gave back the body slot counted for the address."""
+        admission = self._admission
+        self.client = admission.authenticate(self.caller, authorization)
+        admission._admit_rate(self.client)
+
     def body_received(self) -> None:
         """The body is in: trades the body slot for an in-flight slot (AtCapacity if none is free)."""
         admission = self._admission
@@ -129,18 +150,17 @@ class Permit:
         self._in_flight = True
 
     def take_sentences(self, sentences: int) -> None:
-        """Room in the queue for `sentences` now, and within this client's share; refused before any work."""
+        """Reserves this request's window of the queue (`sentences`, or the window if fewer), within the client's
+        share; refused before any work when the queue is spoken for."""
         admission = self._admission
-        if sentences > admission._max_queue:
-            raise TooMuchWork(
-                f"the texts make {sentences} sentences to translate; at most {admission._max_queue} fit in one request"
-            )
-        if not self.serving.batcher.has_room(sentences):
+        window = min(sentences, admission._window)
+        if admission.reserved + window > admission._max_queue:
             raise AtCapacity("the service is at capacity; retry shortly", retry_after=RETRY_AFTER_SECONDS)
-        refusal = admission.fair_use.hold_sentences(self.client, sentences)
+        refusal = admission.fair_use.hold_sentences(self.client, window)
         if refusal is not None:
             raise OverClientShare(f"{refusal.reason}; retry shortly", retry_after=refusal.retry_after)
-        self._sentences += sentences
+        admission.reserved += window
+        self._sentences += window
 
     def release(self) -> None:
         admission = self._admission
@@ -149,6 +169,7 @@ class Permit:
             self._in_flight = False
             admission.in_flight -= 1
         if self._sentences:
+            admission.reserved -= self._sentences
             admission.fair_use.release_sentences(self.client, self._sentences)
             self._sentences = 0
 

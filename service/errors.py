@@ -18,10 +18,6 @@ class ServiceError(Exception):
         self.retry_after = retry_after
 
 
-class TooMuchWork(ServiceError):
-    """The request holds more sentences than the queue can ever take: it can never be served whole."""
-
-
 class AtCapacity(ServiceError):
     """The queue (or the in-flight bound) is full right now."""
 

@@ -34,6 +34,8 @@ POWERS_OF_TWO = tuple(float(2**i) for i in range(0, 11))  # 1 .. 1024
 TOKEN_BUCKETS = tuple(float(2**i) for i in range(2, 15))  # 4 .. 16384
 # Output/input tokens of one sentence: a healthy pair sits near 1 (0.6-1.6 for most language pairs);
 # a model that stops early or loops shows up at the ends.
+# Request size classes for queue-wait fairness, by distinct sentences: (at most, label).
+SIZE_CLASSES = ((1, "1"), (16, "2-16"), (128, "17-128"), (float("inf"), "129+"))
 RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0)
 
 
@@ -66,6 +68,12 @@ class Metrics:
         self.batch_tokens = Histogram(
             "translation_batch_tokens", "Source tokens per engine call", buckets=TOKEN_BUCKETS, registry=registry
         )
+        self.request_queue = Histogram(
+            "translation_request_queue_seconds",
+            "Longest wait of a request's sentences for an engine call, by request size in distinct sentences (fairness: "
+            "small requests should not wait behind large ones)", ["size"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self._request_queue_children = {name: self.request_queue.labels(size=name) for _, name in SIZE_CLASSES}
         self.queue_depth = Gauge("translation_queue_depth", "Sentences waiting for the engine", registry=registry)
         self.queue_capacity = Gauge(
             "translation_queue_capacity", "Sentences that may wait before requests get 429", registry=registry
@@ -180,6 +188,12 @@ class Metrics:
                 self.length_ratio.observe(output / length)
         self.source_pieces.inc(sum(lengths))
         self.unknown_pieces.inc(unknown)
+
+    def observe_request_queue(self, sentences: int, seconds: float) -> None:
+        for limit, name in SIZE_CLASSES:
+            if sentences <= limit:
+                self._request_queue_children[name].observe(seconds)
+                return
 
     def count_detect_request(self, status: int, reason: str) -> None:
         key = (status, reason)

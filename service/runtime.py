@@ -145,8 +145,8 @@ class Runtime:
             batcher = _build_batcher(settings, engine, self.metrics)
             batcher.start()
             pipeline = Pipeline(
-                engine, batcher, cache, self.metrics, settings.max_queue, detector=detector,
-                check_every=settings.language_check_every,
+                engine, batcher, cache, self.metrics, settings.request_window, detector=detector,
+                check_every=settings.language_check_every, fair=settings.scheduling == "fair",
             )  # fmt: skip
             warm_up_lang = "en" if "en" in self.languages else self.manifest.languages[0]
             await batcher.submit(engine.encode(WARM_UP_TEXT, warm_up_lang, warm_up_lang))

@@ -20,6 +20,7 @@ ENV_PREFIX = "MT_"
 DEVICES = ("auto", "cpu", "cuda")
 COMPUTE_TYPES = ("auto", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "float16", "bfloat16", "float32")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SCHEDULING = ("fair", "fifo")
 
 # Defaults that depend on the device, used where a setting is left at 0 (see docs/benchmarks.md).
 # cpu: measured on 2 cores with the full-size 418M model. Two single-threaded workers beat one
@@ -58,7 +59,10 @@ class Settings:
     max_batch_size: int = _opt(0, "most sentences in one engine call (0 = by device)", minimum=0)
     max_batch_tokens: int = _opt(0, "most source tokens in one engine call (0 = by device)", minimum=0)
     batching: bool = _opt(True, "pack sentences of concurrent requests into shared engine calls (off: one sentence per call)")
-    max_queue: int = _opt(0, "sentences waiting for the engine before new requests get 429 (0 = by device)", minimum=0)
+    scheduling: str = _opt("fair", "how batches are formed from the queue: fair (clients, then their requests, take turns "
+                           "by cost) or fifo (first come, first served; for comparison)", choices=SCHEDULING)
+    max_queue: int = _opt(0, "sentences waiting for the engine before new requests get 429 (0 = by device); a request "
+                          "holds at most two batches' worth of it at once, however long", minimum=0)
     max_in_flight: int = _opt(0, "requests being served at once before new ones get 429 unread (0 = max_queue)", minimum=0)
     queue_timeout_seconds: float = _opt(
         30.0, "a sentence that waited this long for the engine is not translated: its request gets 503 (0 = no limit)",
@@ -140,6 +144,13 @@ class Settings:
         if resolved.max_in_flight == 0:
             resolved = dataclasses.replace(resolved, max_in_flight=resolved.max_queue)
         return resolved
+
+    @property
+    def request_window(self) -> int:
+        """Sentences one request may have queued or running at once: two batches' worth, one computing while the
+        next waits (never more than the queue). A larger request is fed to the engine a window at a time
+        (service/feeder.py), so the queue bounds load, not the size of a request."""
+        return min(2 * self.max_batch_size, self.max_queue)
 
     @property
     def resolved(self) -> bool:

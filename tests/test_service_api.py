@@ -248,11 +248,12 @@ async def test_overload_gets_429_with_retry_after_and_accepted_requests_complete
                 assert response.json()["result"][0]["text"] == expected_translation(text[0], "fr")
 
 
-async def test_a_request_larger_than_the_whole_queue_gets_413(toy_model_dir):
+async def test_a_request_larger_than_the_whole_queue_is_served_whole(toy_model_dir):
+    # The queue bounds load, not request size: a request holds a window of it (here the whole queue of 3).
     async with AppClient(build_app(toy_model_dir, max_queue=3)) as client:
-        response = await client.translate("en", "fr", ["alpha.", "bravo.", "charlie.", "delta."])
-        assert response.status_code == 413
-        assert response.json()["error"]["message"] == "the texts make 4 sentences to translate; at most 3 fit in one request"
+        assert client.runtime.settings.request_window == 3
+        response = await client.translate("en", "fr", ["alpha.", "bravo.", "charlie.", "delta.", "echo golf."])
+        assert [r["text"] for r in response.json()["result"]] == ["alpha.", "bravo.", "charlie.", "delta.", "golf echo."]
 
 
 class FailingEngine(SlowEngine):
@@ -306,9 +307,9 @@ class CountingEngine(SlowEngine):
 
     encoded = 0
 
-    def encode(self, sentence, source_lang, target_lang):
+    def encode(self, sentence, source_lang, target_lang, **options):
         CountingEngine.encoded += 1
-        return self._engine.encode(sentence, source_lang, target_lang)
+        return self._engine.encode(sentence, source_lang, target_lang, **options)
 
 
 async def test_over_the_in_flight_limit_429_comes_before_any_work(toy_model_dir):
@@ -396,8 +397,8 @@ async def test_a_full_queue_refuses_before_the_cache_lookup_and_tokenizing(toy_m
     async with AppClient(app) as client:
         client.engine.batches.clear()  # the warm-up
         first = asyncio.create_task(client.translate("en", "fr", ["alpha.", "bravo.", "charlie."]))
-        # "alpha." runs; "bravo." and "charlie." wait: room for one more.
-        await until(lambda: client.engine.batches and client.runtime.serving.batcher.queue_depth == 2, what="alpha. running")
+        # "alpha." runs, "bravo." waits: the first request holds its window of 2 of the queue of 3.
+        await until(lambda: client.engine.batches and client.runtime.admission.reserved == 2, what="alpha. running")
         before = (await client.http.get("/metrics")).text
         encoded = CountingEngine.encoded
         refused = await client.translate("en", "fr", ["delta echo. golf hotel."])  # two sentences

@@ -160,14 +160,17 @@ async def _translate(runtime: Runtime, permit: Permit, body: bytes, receive: Rec
     texts = [record.text for record in parsed.records]
     if settings.log_text:
         context.texts = texts  # for the error log only (MT_LOG_TEXT)
-    work = permit.serving.pipeline.translate(parsed.from_lang, parsed.to_lang, texts, permit, size=context.size)
+    work = permit.serving.pipeline.translate(
+        parsed.from_lang, parsed.to_lang, texts, permit, size=context.size, alternatives=parsed.alternatives,
+        html=parsed.format == "html",
+    )
     result = await _unless_client_leaves(work, receive)
     context.sentences, context.cache_hits = result.sentences, result.cache_hits
     context.input_tokens, context.output_tokens = result.input_tokens, result.output_tokens
     context.timing.append((b"x-queue-time", f"{result.queue_seconds * 1000:.3f}".encode()))
     context.timing.append((b"x-inference-time", f"{result.inference_seconds * 1000:.3f}".encode()))
     ids = [record.id for record in parsed.records]
-    return await run_sized(context.size, encode_result, ids, result.texts, result.detections)
+    return await run_sized(context.size, encode_result, ids, result.texts, result.detections, result.alternatives)
 
 
 async def _detect(runtime: Runtime, permit: Permit, body: bytes, receive: Receive, context: RequestContext) -> bytes:

@@ -28,10 +28,16 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True)
 class Job:
-    """One sentence (or a chunk of one) to translate. Hashable: identical jobs are batched once."""
+    """One sentence (or a chunk of one) to translate. Hashable: identical jobs are batched once.
+
+    `hypotheses` > 1 asks for that many distinct hypotheses (alternatives), decoded with a beam at least that wide;
+    `attention` asks for the attention matrix of the best one (word alignment for HTML). Neither changes the best
+    hypothesis of a job with the default beam: attention is read alongside the same search."""
 
     source: tuple[str, ...]  # ["__en__", *pieces, "</s>"]
     target_lang: str
+    hypotheses: int = 1
+    attention: bool = False
 
     @property
     def pieces(self) -> tuple[str, ...]:
@@ -43,6 +49,8 @@ class Job:
 class Translation:
     tokens: tuple[str, ...]  # target pieces, the language prefix dropped
     text: str
+    hypotheses: tuple[str, ...] = ()  # every hypothesis's text, best first, when the job asked for several
+    attention: tuple[tuple[float, ...], ...] | None = None  # the best hypothesis's, as CTranslate2 returns it
 
 
 class Engine:
@@ -122,13 +130,15 @@ class Engine:
         m = self.manifest
         return f"{m.source}@{m.source_revision or ''}:{m.quantization}:{m.created_at}:b{self.beam_size}:l{self.max_decoding_length}"
 
-    def encode(self, sentence: str, source_lang: str, target_lang: str) -> list[Job]:
+    def encode(
+        self, sentence: str, source_lang: str, target_lang: str, *, hypotheses: int = 1, attention: bool = False
+    ) -> list[Job]:
         """Tokenizes one sentence; one that is too long for the model becomes several chunks."""
         pieces = self._tokenizer.encode(sentence, out_type=str)
         language = self._language_tokens[source_lang]
         step = self.max_chunk_pieces
         return [
-            Job((language, *pieces[start : start + step], self._eos), target_lang)
+            Job((language, *pieces[start : start + step], self._eos), target_lang, hypotheses, attention)
             for start in range(0, len(pieces), step)
         ]
 
@@ -142,19 +152,35 @@ class Engine:
         return sum(1 for piece in pieces if self._tokenizer.piece_to_id(piece) == unk)
 
     def translate(self, jobs: list[Job]) -> list[Translation]:
-        """One engine call for the whole batch (blocking; run it in a worker thread)."""
-        results = self._translator.translate_batch(
-            [list(job.source) for job in jobs],
-            target_prefix=[[self._language_tokens[job.target_lang]] for job in jobs],
-            beam_size=self.beam_size,
-            max_decoding_length=self.max_decoding_length,
-            max_input_length=self.manifest.max_input_length,
+        """One engine call for the batch, or one per kind of job in it (plain, alternatives, attention): a call
+        takes one beam and one set of options (blocking; run it in a worker thread)."""
+        kinds: dict[tuple[int, bool], list[int]] = {}
+        for index, job in enumerate(jobs):
+            kinds.setdefault((job.hypotheses, job.attention), []).append(index)
+        translations: list[Translation | None] = [None] * len(jobs)
+        for (hypotheses, attention), indices in kinds.items():
+            results = self._translator.translate_batch(
+                [list(jobs[i].source) for i in indices],
+                target_prefix=[[self._language_tokens[jobs[i].target_lang]] for i in indices],
+                beam_size=max(self.beam_size, hypotheses),
+                num_hypotheses=hypotheses,
+                return_attention=attention,
+                max_decoding_length=self.max_decoding_length,
+                max_input_length=self.manifest.max_input_length,
+            )
+            for index, result in zip(indices, results):
+                translations[index] = self._translation(result, hypotheses > 1, attention)
+        return translations  # type: ignore[return-value]  # every index was filled
+
+    def _translation(self, result, several: bool, attention: bool) -> Translation:
+        tokens = tuple(result.hypotheses[0][1:])  # drop the target-language prefix
+        decode = self._tokenizer.decode_pieces
+        return Translation(
+            tokens,
+            decode(list(tokens)),
+            tuple(decode(list(hypothesis[1:])) for hypothesis in result.hypotheses) if several else (),
+            tuple(tuple(row) for row in result.attention[0]) if attention else None,
         )
-        translations = []
-        for result in results:
-            tokens = tuple(result.hypotheses[0][1:])  # drop the target-language prefix
-            translations.append(Translation(tokens, self._tokenizer.decode_pieces(list(tokens))))
-        return translations
 
 
 def _read_vocabulary(path: Path) -> frozenset[str] | None:

@@ -16,7 +16,7 @@ from functools import cache
 
 from service import __version__
 from service.languages import AUTO
-from service.schema import ERRORS, ID_MAXIMUM, ID_MINIMUM
+from service.schema import ERRORS, FORMATS, ID_MAXIMUM, ID_MINIMUM, MAX_ALTERNATIVES
 from service.settings import Settings
 
 _ERROR = {
@@ -72,7 +72,11 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
         "properties": {"id": record_id, "text": {"type": "string", "maxLength": max_text_chars}},
     }
     # A translation may be longer than its source: no maxLength here.
-    translated_properties = {"id": record_id, "text": {"type": "string"}}
+    alternatives = {
+        "type": "array", "items": {"type": "string"}, "maxItems": MAX_ALTERNATIVES,
+        "description": "only when the request asked for alternatives: other translations, distinct from text and each other",
+    }
+    translated_properties = {"id": record_id, "text": {"type": "string"}, "alternatives": alternatives}
     translated = {"type": "object", "required": ["id", "text"], "properties": translated_properties}
     language = {"type": "string", "enum": list(languages)}
     detected = {
@@ -108,6 +112,15 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
                     },
                     "toLang": {**language, "description": "target language code (GET /languages)"},
                     "records": {"type": "array", "maxItems": max_records, "items": record},
+                    "format": {
+                        "type": "string", "enum": list(FORMATS), "default": "text",
+                        "description": "html: each text is an HTML document; its markup is kept byte for byte and only its "
+                                       "text (and alt, title, placeholder, aria-label) is translated",
+                    },
+                    "alternatives": {
+                        "type": "integer", "minimum": 0, "maximum": MAX_ALTERNATIVES, "default": 0,
+                        "description": "up to this many other translations per record (not with format html)",
+                    },
                 },
             }
         },

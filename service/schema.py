@@ -115,7 +115,6 @@ class TooManyConnections(ApiError):
 
 # The domain's errors as the API answers them.
 DOMAIN_ERRORS: dict[type[errors.ServiceError], type[ApiError]] = {
-    errors.TooMuchWork: PayloadTooLarge,
     errors.AtCapacity: Overloaded,
     errors.OverClientShare: RateLimited,
     errors.QueueWaitExpired: QueueExpired,
@@ -168,6 +167,13 @@ class TranslationRequest:
     from_lang: str
     to_lang: str
     records: tuple[Record, ...]
+    format: str = "text"  # "html": records are HTML documents; the markup is kept
+    alternatives: int = 0  # up to this many other translations per record
+
+
+FORMATS = ("text", "html")
+# Each alternative widens the beam by one hypothesis for every sentence: a bound keeps the cost known.
+MAX_ALTERNATIVES = 5
 
 
 @dataclass(frozen=True)
@@ -200,7 +206,30 @@ def _translation_request(document: dict, languages: Collection[str], limits: Lim
     from_lang = _language(payload, "fromLang", languages, allow_auto=True)
     to_lang = _language(payload, "toLang", languages)
     records = _bounded_array(payload.get("records"), "payload.records", "records", limits.max_records)
-    return TranslationRequest(from_lang, to_lang, tuple(_record(i, r, limits) for i, r in enumerate(records)))
+    text_format = payload.get("format", "text")
+    if text_format not in FORMATS:
+        raise ValidationFailed(f"payload.format must be one of {', '.join(FORMATS)}, got {_shown(text_format)}")
+    alternatives = _alternatives(payload.get("alternatives", 0), "payload.alternatives")
+    if alternatives and text_format == "html":
+        raise ValidationFailed("payload.alternatives is not available with payload.format html: ask for it with text")
+    parsed = tuple(_record(i, r, limits) for i, r in enumerate(records))
+    return TranslationRequest(from_lang, to_lang, parsed, text_format, alternatives)
+
+
+def _alternatives(value: Any, where: str) -> int:
+    # JSON Schema's integer includes 2.0: such a number is the integer it equals.
+    if isinstance(value, bool) or not isinstance(value, int | float | decimal.Decimal) or not float(value).is_integer():
+        raise ValidationFailed(f"{where} must be an integer from 0 to {MAX_ALTERNATIVES}, got {_shown(value)}")
+    if not 0 <= value <= MAX_ALTERNATIVES:
+        raise ValidationFailed(f"{where} must be an integer from 0 to {MAX_ALTERNATIVES}, got {value}")
+    return int(value)
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: a short string as itself, anything else by its type."""
+    if isinstance(value, str) and len(value) <= 40:
+        return repr(value)
+    return _type_name(value)
 
 
 def _json_object(body: bytes) -> dict:
@@ -344,18 +373,24 @@ def _type_name(value: Any) -> str:
     )
 
 
-def encode_result(ids: list[str | int], texts: list[str], detections: list[Detection] | None = None) -> bytes:
-    """The response body; in auto mode (`detections` given) each item also says what was detected."""
-    if detections is None:  # explicit mode: byte for byte the fixed contract
+def encode_result(
+    ids: list[str | int],
+    texts: list[str],
+    detections: list[Detection] | None = None,
+    alternatives: list[list[str]] | None = None,
+) -> bytes:
+    """The response body; in auto mode (`detections` given) each item also says what was detected, and with
+    alternatives asked, each item lists them."""
+    if detections is None and alternatives is None:  # byte for byte the fixed contract
         return orjson.dumps({"result": [{"id": i, "text": t} for i, t in zip(ids, texts, strict=True)]})
-    return orjson.dumps(
-        {
-            "result": [
-                {"id": i, "text": t, "detectedLanguage": {"language": d.language, "confidence": d.confidence}}
-                for i, t, d in zip(ids, texts, detections, strict=True)
-            ]
-        }
-    )
+    items: list[dict[str, Any]] = [{"id": i, "text": t} for i, t in zip(ids, texts, strict=True)]
+    if detections is not None:
+        for item, d in zip(items, detections, strict=True):
+            item["detectedLanguage"] = {"language": d.language, "confidence": d.confidence}
+    if alternatives is not None:
+        for item, others in zip(items, alternatives, strict=True):
+            item["alternatives"] = others
+    return orjson.dumps({"result": items})
 
 
 def encode_detections(detections: list[Detection]) -> bytes:

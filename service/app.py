@@ -27,6 +27,7 @@ from service.endpoints import POST_HANDLERS, detection, header, header_list, new
 from service.engine import Engine
 from service.errors import RETRY_AFTER_SECONDS, ServiceError
 from service.http_protocol import HOLD_READING
+from service.libretranslate import route as libretranslate_route
 from service.model_dir import Manifest
 from service.openapi import openapi_document
 from service.runtime import Runtime
@@ -52,6 +53,9 @@ class TranslationApp(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             handler = POST_HANDLERS.get(scope["path"]) if scope["method"] == "POST" else None
+            # LibreTranslate's API (/libretranslate/...), every method, ahead of the native key check: its keys may
+            # come in the body, and its language list is open, as in LibreTranslate.
+            handler = handler or libretranslate_route(scope["path"])
             if handler is not None:
                 await handler(self.runtime, scope, receive, send)
                 return

@@ -9,9 +9,9 @@ can use it, and given back by the permit when the request ends, whatever happens
    for this client. A request still sending its body holds only a body slot, so connections that stall
    mid-body can't take the in-flight slots or queue room that ready requests need.
 2. Once the body is in (`Permit.body_received`): an in-flight slot.
-3. Once its sentences are counted (`Permit.take_sentences`): its window of the queue (a request is fed to
-   the engine at most `settings.request_window` sentences at a time, however long it is), and the client's
-   share. Reservations add up to at most the queue's size, so the queue bounds load, never request size.
+3. Once its sentences are counted (`Permit.take_sentences`): room in the queue for its first window (a
+   request is fed to the engine at most `settings.request_window` sentences at a time, however long it is;
+   later windows wait for room), and the client's share. The queue bounds load, never request size.
 
 Domain code: it raises service/errors.py's errors; the edge maps them to statuses in one table.
 """
@@ -64,7 +64,7 @@ class Admission:
         self._auth_failures = AuthThrottle(rate=settings.auth_failures_per_second, burst=settings.auth_failure_burst, clock=clock)
         self.in_flight = 0  # requests whose body is in, being served
         self.pending_bodies = 0  # requests admitted on their head whose body is still arriving
-        self.reserved = 0  # queue room held by requests being served: each its window
+        self.reserved = 0  # the windows of the requests being served (each at most settings.request_window)
 
     def caller(self, peer: tuple[str, int] | None, forwarded_for: bytes | None) -> Caller:
         return self.proxies.caller(peer[0] if peer else "unknown", forwarded_for)
@@ -150,11 +150,12 @@ class Permit:
         self._in_flight = True
 
     def take_sentences(self, sentences: int) -> None:
-        """Reserves this request's window of the queue (`sentences`, or the window if fewer), within the client's
-        share; refused before any work when the queue is spoken for."""
+        """Room in the queue now for this request's first window (`sentences`, or the window if fewer), within the
+        client's share; refused before any work when the queue is full. Later windows wait for room as it frees
+        (service/feeder.py): a request once admitted is never refused half-way."""
         admission = self._admission
         window = min(sentences, admission._window)
-        if admission.reserved + window > admission._max_queue:
+        if not self.serving.batcher.has_room(window):
             raise AtCapacity("the service is at capacity; retry shortly", retry_after=RETRY_AFTER_SECONDS)
         refusal = admission.fair_use.hold_sentences(self.client, window)
         if refusal is not None:

@@ -5,9 +5,10 @@
   formed item by item from the client that has been served the least cost (source tokens) so far, a
   start-time fair queue (the fair queuing of network schedulers; vLLM and Triton schedule by priority
   or fairness for the same reason), and a client's requests take turns. A client that arrives starts
-  level with the least-served active one, so it gets no credit for having been idle. A one-sentence
-  request arriving behind bulk documents goes into the next batch instead of waiting for every queued
-  document; batches still fill, since every client with work is served in turn.
+  level with the least-served active one, so it gets no credit for having been idle; a client's new
+  requests go before its requests that have had a turn (first come first served among them). A
+  one-sentence request arriving behind bulk documents goes into the next batch instead of waiting for
+  every queued document; batches still fill, since every client with work is served in turn.
 - A batch is bounded by an item count and a cost budget (source tokens). A lone item runs at once;
   while batches run, new items queue up and form the next batch as soon as a worker frees.
 - `concurrency` worker threads each run one blocking batch call at a time (one per engine worker).
@@ -85,15 +86,30 @@ class _Entry(Generic[Item, Result]):
 
 
 class _Flow:
-    """One client's queued entries: a queue per request, served round-robin, and the cost it has been served
-    (its virtual time); `turn` tells its current place in the batcher's heap from stale ones."""
+    """One client's queued entries: a queue per request, and the cost it has been served (its virtual time);
+    `turn` tells its current place in the batcher's heap from stale ones. Requests that have not had a turn
+    yet (`fresh`, first come first served) go before those in the rotation (`requests`, round-robin)."""
 
-    __slots__ = ("requests", "served", "turn")
+    __slots__ = ("fresh", "requests", "served", "turn")
 
     def __init__(self, served: float) -> None:
+        self.fresh: OrderedDict[Hashable, deque[_Entry]] = OrderedDict()
         self.requests: OrderedDict[Hashable, deque[_Entry]] = OrderedDict()
         self.served = served
         self.turn = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.fresh or self.requests)
+
+    def queue_of(self, request: Hashable) -> deque[_Entry] | None:
+        queue = self.fresh.get(request)
+        return queue if queue is not None else self.requests.get(request)
+
+    def drop(self, request: Hashable) -> None:
+        if request in self.fresh:
+            del self.fresh[request]
+        else:
+            del self.requests[request]
 
 
 class Batcher(Generic[Item, Result]):
@@ -141,6 +157,10 @@ class Batcher(Generic[Item, Result]):
     def queue_depth(self) -> int:
         return self._queued
 
+    @property
+    def max_queue(self) -> int:
+        return self._max_queue
+
     def has_room(self, items: int) -> bool:
         """Whether `items` new items would fit in the queue now: a cheap check before costly work."""
         return self._queued + items <= self._max_queue
@@ -173,16 +193,17 @@ class Batcher(Generic[Item, Result]):
 
     # --- submitting (on the event loop)
     async def submit(
-        self, items: Sequence[Item], *, client: Hashable = None, request: Hashable = None
+        self, items: Sequence[Item], *, client: Hashable = None, request: Hashable = None, headroom: int = 0
     ) -> list[Outcome[Result]]:
         """Queues all items (all or none), waits for their results in order.
 
         `client` and `request` name the queues the items wait in (batches take turns across clients, then
-        across a client's requests); a request left None is this call alone.
-        Raises QueueFull or BatcherClosed before queueing anything, or the batch call's exception.
-        Cancelling the caller withdraws its interest: items nobody waits for are not computed.
+        across a client's requests); a request left None is this call alone. `headroom`: the items are
+        queued only if that much room is left after them (a long request's later windows leave room for
+        new requests). Raises QueueFull or BatcherClosed before queueing anything, or the batch call's
+        exception. Cancelling the caller withdraws its interest: items nobody waits for are not computed.
         """
-        entries = self._enqueue(items, client, object() if request is None else request)
+        entries = self._enqueue(items, client, object() if request is None else request, headroom)
         try:
             # shield: one caller leaving must not cancel a result that others share.
             if len(entries) == 1:  # the common case, without gather's extra future
@@ -210,11 +231,11 @@ class Batcher(Generic[Item, Result]):
         if not queue:
             client, request = entry.place
             flow = self._flows[client]
-            del flow.requests[request]
-            if not flow.requests:
+            flow.drop(request)
+            if not flow:
                 del self._flows[client]
 
-    def _enqueue(self, items: Sequence[Item], client: Hashable, request: Hashable) -> list[_Entry]:
+    def _enqueue(self, items: Sequence[Item], client: Hashable, request: Hashable, headroom: int = 0) -> list[_Entry]:
         keyed = [(self._key(item), item) for item in items]
         loop = self._loop or asyncio.get_running_loop()
         entries = []
@@ -222,7 +243,7 @@ class Batcher(Generic[Item, Result]):
             if self._closing:
                 raise BatcherClosed("the service is shutting down")
             new_keys = {key for key, _ in keyed if key not in self._by_key}
-            if self._queued + len(new_keys) > self._max_queue:
+            if self._queued + len(new_keys) > self._max_queue - headroom:
                 raise QueueFull(f"{self._queued} items queued, room for {self._max_queue}")
             queue: deque[_Entry] | None = None
             for key, item in keyed:
@@ -233,9 +254,11 @@ class Batcher(Generic[Item, Result]):
                         if flow is None:
                             flow = self._flows[client] = _Flow(self._virtual_time)
                             self._schedule(client, flow)
-                        queue = flow.requests.get(request)
+                        queue = flow.queue_of(request)
                         if queue is None:
-                            queue = flow.requests[request] = deque()
+                            # A new request goes before the client's requests that have had a turn: its first
+                            # sentence goes into the next batch, then it joins their rotation.
+                            queue = flow.fresh[request] = deque()
                     entry = _Entry(item=item, key=key, cost=self._cost(item), future=loop.create_future(), waiters=0)
                     entry.queue, entry.place = queue, (client, request)
                     self._by_key[key] = entry
@@ -280,7 +303,8 @@ class Batcher(Generic[Item, Result]):
                 if flow is None or flow.turn != turn:
                     heapq.heappop(self._turns)  # stale: the client left or was rescheduled
                     continue
-                request, queue = next(iter(flow.requests.items()))
+                fresh = bool(flow.fresh)
+                request, queue = next(iter((flow.fresh or flow.requests).items()))
                 entry = queue[0]
                 abandoned = entry.waiters <= 0  # every caller left: dropped, never computed
                 late = not abandoned and entry.enqueued_at < expired_before
@@ -299,11 +323,15 @@ class Batcher(Generic[Item, Result]):
                     flow.served += entry.cost
                     batch.append(entry)
                     cost += entry.cost
-                if queue:
+                if fresh:
+                    del flow.fresh[request]
+                    if queue:
+                        flow.requests[request] = queue  # had its turn: into the rotation
+                elif queue:
                     flow.requests.move_to_end(request)  # the client's requests take turns
                 else:
                     del flow.requests[request]
-                if flow.requests:
+                if flow:
                     self._schedule(client, flow)
                 else:
                     del self._flows[client]  # an idle client keeps no credit
@@ -312,6 +340,7 @@ class Batcher(Generic[Item, Result]):
             return batch, expired
 
     def _schedule(self, client: Hashable, flow: _Flow) -> None:
+        """Puts the client in line by its served cost; ties go to the one that has waited longest."""
         flow.turn = next(self._turn_counter)
         heapq.heappush(self._turns, (flow.served, flow.turn, client))
 

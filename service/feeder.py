@@ -1,15 +1,17 @@
 """A request's sentences through the engine in windows, so any request within the limits is served whole.
 
 At most `window` of one request's jobs are queued or running at once, in two halves: one computing while
-the next waits. A document of any size then holds a bounded share of the queue (its admission reserved
-that window), is tokenized a window at a time (memory bounded), and takes turns in the batcher with every
-other request instead of filling the queue ahead of them. If the request fails or its client leaves,
-what it still had queued is withdrawn.
+the next waits. A document of any size then holds a bounded share of the queue, is tokenized a window at
+a time (memory bounded), and takes turns in the batcher with every other request instead of filling the
+queue ahead of them. Its first window needs room at once (admission checked it); later ones wait for room
+as it frees, so a request once admitted is never refused half-way. If the request fails or its client
+leaves, what it still had queued is withdrawn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +43,8 @@ class EngineWork:
 
 
 _FIFO = object()  # the one queue every request joins without fair scheduling
+# How often a window that found the queue full looks again (a batch takes far longer than this to run).
+ROOM_POLL_SECONDS = 0.01
 
 # Each wanted sentence's chunks (a long sentence is cut into several jobs), with their translations.
 Chunks = list[tuple[Job, Translation]]
@@ -56,9 +60,12 @@ async def feed(
     size: int,
     client: str,
     fair: bool = True,
+    patience: float = 30.0,
 ) -> tuple[list[Chunks], EngineWork]:
     """Translates `wanted` through `batcher`, at most `window` jobs of it at a time; raises the ServiceError
-    that says why it failed. `size` (the request's bytes) decides where tokenizing runs (service/offload.py)."""
+    that says why it failed. `size` (the request's bytes) decides where tokenizing runs (service/offload.py);
+    `patience`: how long a window waits for room in the queue (0: for ever) before the request fails with
+    QueueWaitExpired, as a queued sentence would."""
     half = max(1, window // 2)
     # The batcher's queue for this request, across its windows; without fairness, one queue for everyone (FIFO).
     request = object() if fair else _FIFO
@@ -66,6 +73,10 @@ async def feed(
     chunks: list[Chunks] = [[] for _ in wanted]
     work = EngineWork()
     in_flight: deque[tuple[list[int], list[Job], asyncio.Task]] = deque()
+    sent: list[bool] = []
+    # A long request's later windows leave a quarter of the queue free: new requests, interactive ones
+    # first among them, are admitted beside it instead of finding the queue full of its windows.
+    headroom = batcher.max_queue // 4
 
     async def finish(owners: list[int], jobs: list[Job], task: asyncio.Task) -> None:
         outcomes: list[Outcome[Translation]] = await _engine_call(task)
@@ -77,7 +88,10 @@ async def feed(
 
     def send(owners: list[int], jobs: list[Job]) -> None:
         work.input_tokens += sum(len(job.source) for job in jobs)
-        in_flight.append((owners, jobs, asyncio.ensure_future(batcher.submit(jobs, client=client, request=request))))
+        later = bool(sent)
+        sent.append(True)
+        submitting = _submit(batcher, jobs, client, request, headroom=headroom if later else 0, patience=patience)
+        in_flight.append((owners, jobs, asyncio.ensure_future(submitting)))
 
     try:
         jobs: list[Job] = []
@@ -103,6 +117,22 @@ async def feed(
                 task.cancel()
             await asyncio.gather(*(task for *_, task in in_flight), return_exceptions=True)
     return chunks, work
+
+
+async def _submit(
+    batcher: Batcher[Job, Translation], jobs: list[Job], client: str, request: object, *, headroom: int, patience: float
+) -> list[Outcome[Translation]]:
+    """Queues a window once there is room for it (and `headroom` beside it). Admission saw room for the first
+    window a moment ago, but other requests may have taken it meanwhile: it waits rather than being refused
+    half-way, for at most `patience` seconds, the queue timeout."""
+    deadline = time.monotonic() + patience if patience > 0 else float("inf")
+    while True:
+        try:
+            return await batcher.submit(jobs, client=client, request=request, headroom=headroom)
+        except QueueFull:
+            if time.monotonic() > deadline:
+                raise QueueTimeout(f"waited over {patience:g}s for room in the queue") from None
+            await asyncio.sleep(ROOM_POLL_SECONDS)
 
 
 async def _engine_call(task: asyncio.Task) -> list:

@@ -81,6 +81,7 @@ class Pipeline:
         detector: LanguageDetector | None = None,
         check_every: int = 0,
         fair: bool = True,
+        patience: float = 30.0,
     ):
         self._detector = detector
         self._check_every = check_every if detector is not None else 0
@@ -91,6 +92,7 @@ class Pipeline:
         self._metrics = metrics
         self._window = window
         self._fair = fair  # False: every request joins one first-come queue (MT_SCHEDULING=fifo, for comparison)
+        self._patience = patience  # how long a window may wait for room in the queue (the queue timeout)
 
     async def translate(
         self,
@@ -180,7 +182,8 @@ class Pipeline:
         self._metrics.cache_misses.inc(len(wanted))
 
         chunks, work = await feed(
-            self._batcher, self._engine, wanted, to_lang, window=self._window, size=size, client=client, fair=self._fair
+            self._batcher, self._engine, wanted, to_lang, window=self._window, size=size, client=client, fair=self._fair,
+            patience=self._patience,
         )
         glue = "" if to_lang in segment.NO_SPACE_LANGUAGES else " "
         computed = [_cache_value(w, parts, glue) for w, parts in zip(wanted, chunks)]

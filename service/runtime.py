@@ -147,6 +147,7 @@ class Runtime:
             pipeline = Pipeline(
                 engine, batcher, cache, self.metrics, settings.request_window, detector=detector,
                 check_every=settings.language_check_every, fair=settings.scheduling == "fair",
+                patience=settings.queue_timeout_seconds,
             )  # fmt: skip
             warm_up_lang = "en" if "en" in self.languages else self.manifest.languages[0]
             await batcher.submit(engine.encode(WARM_UP_TEXT, warm_up_lang, warm_up_lang))

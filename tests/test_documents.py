@@ -80,23 +80,30 @@ async def test_a_document_larger_than_the_queue_waits_for_room_instead_of_being_
 
 
 async def test_a_full_queue_still_refuses_new_work_with_429(toy_model_dir):
-    # The queue bound stays overload protection: two documents hold windows of 4 of a queue of 8; a third waits.
-    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.2), max_queue=8, max_batch_size=2, inter_threads=1)
+    # The queue bound stays overload protection: one sentence runs, two wait in a queue of 2; the next gets 429,
+    # while a document already admitted waits for room for its later windows instead of failing half-way.
+    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.2), max_queue=2, max_batch_size=1, inter_threads=1)
     text = " ".join(f"alpha bravo {w}." for w in ("charlie", "delta", "echo", "golf", "hotel", "india"))
     async with AppClient(app) as client:
-        first = asyncio.create_task(client.translate("en", "fr", [text]))
-        second = asyncio.create_task(client.translate("en", "fr", [text.replace("alpha", "kilo")]))
-        await until(lambda: client.runtime.admission.reserved == 8, what="both windows reserved")
-        refused = await client.translate("en", "fr", ["lima mike."])
+        document = asyncio.create_task(client.translate("en", "fr", [text]))
+        await until(lambda: client.engine.batches, what="the document's first sentence running")
+        singles = [asyncio.create_task(client.translate("en", "fr", [f"{w} mike."])) for w in ("kilo",)]
+        await until(lambda: client.runtime.serving.batcher.queue_depth == 2, what="the queue full")
+        refused = await client.translate("en", "fr", ["november oscar."])
         assert refused.status_code == 429
         assert refused.json()["error"] == {"code": "overloaded", "message": "the service is at capacity; retry shortly"}
-        assert [(await task).status_code for task in (first, second)] == [200, 200]
-        assert (await client.translate("en", "fr", ["lima mike."])).json()["result"][0]["text"] == "mike lima."
+        assert [(await task).json()["result"][0]["text"] for task in singles] == ["mike kilo."]
+        assert (await document).json()["result"][0]["text"] == " ".join(
+            f"{w} bravo alpha." for w in ("charlie", "delta", "echo", "golf", "hotel", "india")
+        )
+        assert (await client.translate("en", "fr", ["november oscar."])).json()["result"][0]["text"] == "oscar november."
 
 
-async def test_an_interactive_request_is_served_while_documents_are_queued(toy_model_dir):
-    # Four 30-sentence documents keep the queue busy; a one-sentence request must not wait behind all of them.
-    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.05), max_queue=256, max_batch_size=4, inter_threads=1)
+async def probe_beside_documents(model_dir, scheduling: str) -> tuple[int, str]:
+    """Four 30-sentence documents keep the queue busy; then one single-sentence request: how many engine calls ran
+    while it was served, and the metrics afterwards."""
+    app = build_app(model_dir, wrap_engine=lambda e: SlowEngine(e, 0.05), max_queue=256, max_batch_size=4,
+                    inter_threads=1, scheduling=scheduling)
     rng = random.Random(4)
     documents = [[random_sentence(rng, min_words=2, max_words=5, dot_probability=1.0) for _ in range(30)] for _ in range(4)]
     async with AppClient(app) as client:
@@ -106,12 +113,17 @@ async def test_an_interactive_request_is_served_while_documents_are_queued(toy_m
         batches_before = len(client.engine.batches)
         probe = await client.translate("en", "fr", ["november oscar."])
         assert probe.json()["result"][0]["text"] == "oscar november."
-        # FIFO would have run every queued sentence first (16+ sentences, 4+ batches); fair scheduling takes the
-        # probe into the next batch or the one after.
-        assert len(client.engine.batches) - batches_before <= 2
-        assert not all(task.done() for task in bulk)
+        waited = len(client.engine.batches) - batches_before
         for task, sentences in zip(bulk, documents):
             assert (await task).json()["result"][0]["text"] == expected_document(sentences, "fr")
-        metrics = (await client.http.get("/metrics")).text
-        assert metric_value(metrics, "translation_request_queue_seconds_count", 'size="1"') == 1
-        assert metric_value(metrics, "translation_request_queue_seconds_count", 'size="17-128"') == 4
+        return waited, (await client.http.get("/metrics")).text
+
+
+async def test_an_interactive_request_is_served_while_documents_are_queued(toy_model_dir):
+    fair, metrics = await probe_beside_documents(toy_model_dir, "fair")
+    fifo, _ = await probe_beside_documents(toy_model_dir, "fifo")
+    # First come, first served: every queued sentence (16 or more, 4 per batch) runs before the probe's. Fair: the
+    # batch running when it arrived, perhaps the one formed while it was being prepared, then its own.
+    assert fair <= 3 < 5 <= fifo
+    assert metric_value(metrics, "translation_request_queue_seconds_count", 'size="1"') == 1
+    assert metric_value(metrics, "translation_request_queue_seconds_count", 'size="17-128"') == 4

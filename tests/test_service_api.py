@@ -392,13 +392,15 @@ async def test_requests_still_sending_their_body_are_bounded_in_total_and_per_cl
 
 
 async def test_a_full_queue_refuses_before_the_cache_lookup_and_tokenizing(toy_model_dir):
-    app = build_app(toy_model_dir, wrap_engine=lambda e: CountingEngine(e, 0.3), max_queue=3, max_batch_size=1, inter_threads=1,
+    app = build_app(toy_model_dir, wrap_engine=lambda e: CountingEngine(e, 0.3), max_queue=2, max_batch_size=1, inter_threads=1,
                     client_max_sentences=100)
     async with AppClient(app) as client:
         client.engine.batches.clear()  # the warm-up
         first = asyncio.create_task(client.translate("en", "fr", ["alpha.", "bravo.", "charlie."]))
-        # "alpha." runs, "bravo." waits: the first request holds its window of 2 of the queue of 3.
-        await until(lambda: client.engine.batches and client.runtime.admission.reserved == 2, what="alpha. running")
+        # "alpha." runs and "bravo." waits (a window of 2); "kilo." fills the queue of 2.
+        await until(lambda: client.engine.batches and client.runtime.serving.batcher.queue_depth == 1, what="alpha. running")
+        second = asyncio.create_task(client.translate("en", "fr", ["kilo."]))
+        await until(lambda: client.runtime.serving.batcher.queue_depth == 2, what="the queue full")
         before = (await client.http.get("/metrics")).text
         encoded = CountingEngine.encoded
         refused = await client.translate("en", "fr", ["delta echo. golf hotel."])  # two sentences
@@ -409,6 +411,7 @@ async def test_a_full_queue_refuses_before_the_cache_lookup_and_tokenizing(toy_m
         for name in ("translation_cache_misses_total", "translation_cache_hits_total"):  # never looked up
             assert metric_value(after, name) == metric_value(before, name)
         assert [r["text"] for r in (await first).json()["result"]] == ["alpha.", "bravo.", "charlie."]
+        assert (await second).json()["result"][0]["text"] == "kilo."
 
 
 async def test_a_sentence_that_waited_past_the_queue_timeout_gets_503_and_is_not_translated(toy_model_dir):

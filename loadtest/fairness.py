@@ -127,7 +127,7 @@ async def _run_phase(url: str, seconds: float, bulk_clients: int, sentences: int
 def measure(model_dir: Path, scheduling: str, env: dict[str, str], seconds: float, bulk_clients: int, sentences: int,
             log_dir: Path) -> dict:
     service_env = {**env, "MT_SCHEDULING": scheduling, "MT_CACHE_SIZE": "0", "MT_LOG_LEVEL": "warning"}
-    with ServerProcess.service(model_dir, service_env, log_dir / f"service-{scheduling}.log").start() as service:
+    with ServerProcess.service(model_dir, service_env, log_dir / f"service-{scheduling}.log") as service:
         alone = asyncio.run(_run_phase(service.url, seconds, 0, sentences, seed=1))
         loaded = asyncio.run(_run_phase(service.url, seconds, bulk_clients, sentences, seed=2))
     return {"scheduling": scheduling, "alone": alone.summary(), "beside_bulk": loaded.summary()}

@@ -193,17 +193,24 @@ class Batcher(Generic[Item, Result]):
 
     # --- submitting (on the event loop)
     async def submit(
-        self, items: Sequence[Item], *, client: Hashable = None, request: Hashable = None, headroom: int = 0
+        self,
+        items: Sequence[Item],
+        *,
+        client: Hashable = None,
+        request: Hashable = None,
+        headroom: int = 0,
+        new_request: bool = True,
     ) -> list[Outcome[Result]]:
         """Queues all items (all or none), waits for their results in order.
 
         `client` and `request` name the queues the items wait in (batches take turns across clients, then
         across a client's requests); a request left None is this call alone. `headroom`: the items are
         queued only if that much room is left after them (a long request's later windows leave room for
-        new requests). Raises QueueFull or BatcherClosed before queueing anything, or the batch call's
-        exception. Cancelling the caller withdraws its interest: items nobody waits for are not computed.
+        new requests); `new_request`: these are the request's first items (a later window says False).
+        Raises QueueFull or BatcherClosed before queueing anything, or the batch call's exception.
+        Cancelling the caller withdraws its interest: items nobody waits for are not computed.
         """
-        entries = self._enqueue(items, client, object() if request is None else request, headroom)
+        entries = self._enqueue(items, client, object() if request is None else request, headroom, new_request)
         try:
             # shield: one caller leaving must not cancel a result that others share.
             if len(entries) == 1:  # the common case, without gather's extra future
@@ -235,7 +242,9 @@ class Batcher(Generic[Item, Result]):
             if not flow:
                 del self._flows[client]
 
-    def _enqueue(self, items: Sequence[Item], client: Hashable, request: Hashable, headroom: int = 0) -> list[_Entry]:
+    def _enqueue(
+        self, items: Sequence[Item], client: Hashable, request: Hashable, headroom: int = 0, new_request: bool = True
+    ) -> list[_Entry]:
         keyed = [(self._key(item), item) for item in items]
         loop = self._loop or asyncio.get_running_loop()
         entries = []
@@ -256,9 +265,11 @@ class Batcher(Generic[Item, Result]):
                             self._schedule(client, flow)
                         queue = flow.queue_of(request)
                         if queue is None:
-                            # A new request goes before the client's requests that have had a turn: its first
-                            # sentence goes into the next batch, then it joins their rotation.
-                            queue = flow.fresh[request] = deque()
+                            # A request's first items go before the client's requests that have had a turn (first
+                            # come first served among such newcomers): a short request is into the next batch. A
+                            # long request's later windows join the rotation.
+                            queue = deque()
+                            (flow.fresh if new_request else flow.requests)[request] = queue
                     entry = _Entry(item=item, key=key, cost=self._cost(item), future=loop.create_future(), waiters=0)
                     entry.queue, entry.place = queue, (client, request)
                     self._by_key[key] = entry

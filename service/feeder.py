@@ -90,7 +90,7 @@ async def feed(
         work.input_tokens += sum(len(job.source) for job in jobs)
         later = bool(sent)
         sent.append(True)
-        submitting = _submit(batcher, jobs, client, request, headroom=headroom if later else 0, patience=patience)
+        submitting = _submit(batcher, jobs, client, request, later=later, headroom=headroom, patience=patience)
         in_flight.append((owners, jobs, asyncio.ensure_future(submitting)))
 
     try:
@@ -120,7 +120,14 @@ async def feed(
 
 
 async def _submit(
-    batcher: Batcher[Job, Translation], jobs: list[Job], client: str, request: object, *, headroom: int, patience: float
+    batcher: Batcher[Job, Translation],
+    jobs: list[Job],
+    client: str,
+    request: object,
+    *,
+    later: bool,
+    headroom: int,
+    patience: float,
 ) -> list[Outcome[Translation]]:
     """Queues a window once there is room for it (and `headroom` beside it). Admission saw room for the first
     window a moment ago, but other requests may have taken it meanwhile: it waits rather than being refused
@@ -128,7 +135,9 @@ async def _submit(
     deadline = time.monotonic() + patience if patience > 0 else float("inf")
     while True:
         try:
-            return await batcher.submit(jobs, client=client, request=request, headroom=headroom)
+            return await batcher.submit(
+                jobs, client=client, request=request, headroom=headroom if later else 0, new_request=not later
+            )
         except QueueFull:
             if time.monotonic() > deadline:
                 raise QueueTimeout(f"waited over {patience:g}s for room in the queue") from None

@@ -119,7 +119,7 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
                     },
                     "alternatives": {
                         "type": "integer", "minimum": 0, "maximum": MAX_ALTERNATIVES, "default": 0,
-                        "description": "up to this many other translations per record (not with format html)",
+                        "description": "up to this many other translations per record (with format html: an empty list each)",
                     },
                 },
             }

@@ -17,6 +17,7 @@ Small requests, nearly all of them, stay inline, where a thread hop would cost m
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -112,10 +113,15 @@ class Pipeline:
         `size` (the request's bytes) decides where the CPU work runs. Raises the ServiceError that says why
         a request is refused or failed (service/errors.py)."""
         prepared = await run_sized(size, self._prepare, texts, from_lang, html)
+        asked_alternatives = alternatives
+        if html:
+            alternatives = 0  # not computed for HTML (as LibreTranslate): each text gets an empty list
         admission.take_sentences(len(prepared.unique))
         self._metrics.count_sentences(prepared.unique, from_lang, to_lang)
         result = await self._translate(to_lang, prepared, size, admission.client, alternatives)
         self._metrics.observe_request_queue(len(prepared.unique), result.queue_seconds)
+        if html and asked_alternatives:
+            result = dataclasses.replace(result, alternatives=[[] for _ in texts])
         return result
 
     def detect(self, texts: list[str]) -> list[Detection]:

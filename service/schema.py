@@ -210,8 +210,6 @@ def _translation_request(document: dict, languages: Collection[str], limits: Lim
     if text_format not in FORMATS:
         raise ValidationFailed(f"payload.format must be one of {', '.join(FORMATS)}, got {_shown(text_format)}")
     alternatives = _alternatives(payload.get("alternatives", 0), "payload.alternatives")
-    if alternatives and text_format == "html":
-        raise ValidationFailed("payload.alternatives is not available with payload.format html: ask for it with text")
     parsed = tuple(_record(i, r, limits) for i, r in enumerate(records))
     return TranslationRequest(from_lang, to_lang, parsed, text_format, alternatives)
 

@@ -50,6 +50,14 @@ async def test_text_format_is_byte_for_byte_the_contract_and_markup_is_text_ther
     assert response.content == b'{"result":[{"id":"0","text":"bravo alpha."}]}'
 
 
+async def test_alternatives_with_html_are_an_empty_list_each(client):
+    response = await post(client, ["<p>alpha bravo.</p>", "<i>charlie</i>"], format="html", alternatives=2)
+    assert response.json() == {"result": [
+        {"id": "0", "text": "<p>bravo alpha.</p>", "alternatives": []},
+        {"id": "1", "text": "<i>charlie</i>", "alternatives": []},
+    ]}
+
+
 async def test_html_in_auto_mode_is_detected_on_its_text(client):
     response = await post(client, ["<p><b>alpha</b> bravo charlie.</p>"], from_lang="auto", format="html")
     item = response.json()["result"][0]
@@ -87,7 +95,6 @@ async def test_alternatives_are_other_translations_and_the_main_text_is_unchange
     ({"alternatives": True}, "payload.alternatives must be an integer from 0 to 5, got a boolean"),
     ({"alternatives": 1.5}, "payload.alternatives must be an integer from 0 to 5, got a number"),
     ({"alternatives": 7.0}, "payload.alternatives must be an integer from 0 to 5, got 7.0"),
-    ({"alternatives": 1, "format": "html"}, "payload.alternatives is not available with payload.format html: ask for it with text"),
 ])
 async def test_bad_format_and_alternatives_get_422(client, options, message):
     response = await post(client, ["alpha"], **options)

@@ -415,10 +415,12 @@ def idle_connections(model_dir: Path, work_dir: Path, *, idle: int = 1100, nofil
 
 
 def _steady_client(url: str, index: int, deadline: float, started: float, out: dict) -> None:
-    """Translations back to back on one kept-alive connection until the listener refuses a connect (the
-    service has gone) or `deadline`. A transport error on a request is a request lost (a reset)."""
+    """Translations back to back on one kept-alive connection until an answer says `Connection: close` (the
+    service is draining: the client moves to another replica, as it would through a load balancer, which stops
+    sending new connections here once /readyz says 503), the listener refuses a connect, or `deadline`. A
+    transport error on a request is a request lost (a reset)."""
     sentences = toy_sentences(30, offset=6000 + 30 * index)
-    answers, resets, refused = [], [], 0
+    answers, resets, refused, moved = [], [], 0, False
     connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
     turn = 0
     try:
@@ -442,10 +444,11 @@ def _steady_client(url: str, index: int, deadline: float, started: float, out: d
                 text = json.loads(data)["result"][0]["text"]
             answers.append((began - started, response.status, text == exact(sentence, "fr")))
             if response.getheader("connection", "").lower() == "close":
-                connection.close()  # http.client reconnects for the next request
+                moved = True
+                break  # draining: this client goes to another replica
     finally:
         connection.close()
-    out[index] = {"answers": answers, "resets": resets, "refused": refused}
+    out[index] = {"answers": answers, "resets": resets, "refused": refused, "moved": moved}
 
 
 def sighup(model_dir: Path, work_dir: Path, *, clients: int = 8, load_seconds: float = 2.0, after_seconds: float = 5.0,
@@ -470,7 +473,7 @@ def sighup(model_dir: Path, work_dir: Path, *, clients: int = 8, load_seconds: f
             thread.join(after_seconds + 60)
         # A client refused a connect: the listener closed, so the service is on its way out (give it the drain);
         # none was: it ignored the signal (a second is plenty to tell).
-        going = any(o["refused"] for o in outcomes.values()) or service.process.poll() is not None
+        going = any(o["refused"] or o["moved"] for o in outcomes.values()) or service.process.poll() is not None
         with contextlib.suppress(subprocess.TimeoutExpired):
             service.process.wait(30 if going else 1)
         exit_code = service.process.poll()

@@ -23,10 +23,19 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from service import languages
-from service.endpoints import POST_HANDLERS, detection, header, header_list, new_request_id, request_log, send_json, translation
+from service.endpoints import (
+    POST_HANDLERS,
+    detection,
+    header,
+    header_list,
+    new_request_id,
+    note_refusal,
+    request_log,
+    send_json,
+    translation,
+)
 from service.engine import Engine
-from service.errors import RETRY_AFTER_SECONDS, ServiceError
-from service.http_protocol import HOLD_READING
+from service.errors import ServiceError
 from service.libretranslate import route as libretranslate_route
 from service.model_dir import Manifest
 from service.openapi import openapi_document
@@ -75,8 +84,7 @@ async def _authenticated(runtime: Runtime, scope: Scope, send: Send) -> bool:
         admission.authenticate(caller, authorization.decode("latin-1") if authorization else "")
     except ServiceError as domain_error:
         error = api_error(domain_error)
-        if error.status == 429 and not caller.proxied:
-            scope[HOLD_READING] = float(error.headers.get("Retry-After", RETRY_AFTER_SECONDS))
+        note_refusal(scope, caller, None, error, error.status)
         request_id = new_request_id()
         await send_json(send, error.status, error.body(), request_id, time.perf_counter(), header_list(error))
         request_log.info("request", extra={"fields": {

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from service.admission import Permit
 from service.errors import RETRY_AFTER_SECONDS, ServiceError
 from service.http_protocol import HOLD_READING
+from service.identity import Caller
 from service.offload import run_sized
 from service.runtime import Runtime
 from service.schema import (
@@ -127,14 +128,7 @@ async def _serve(
         await send_json(send, 200, answer, context.request_id, context.started, context.timing, close=runtime.draining)
     except ApiError as error:
         status, reason = error.status, error.code
-        if status == 429 and not caller.proxied:
-            # Enforce Retry-After on this connection: its next request is read only after it (see
-            # service/http_protocol.py), so clients that retry at once can't starve accepted work. Never on a
-            # trusted proxy's connection: it carries other clients' requests, which must not wait.
-            scope[HOLD_READING] = float(error.headers.get("Retry-After", RETRY_AFTER_SECONDS))
-        if status >= 500:
-            texts = f" (texts: {context.texts!r})" if context.texts is not None else ""
-            log.error("request %s failed: %s%s", context.request_id, error.message, texts)
+        note_refusal(scope, caller, context, error, status)
         await send_json(
             send, status, error.body(), context.request_id, context.started, header_list(error), close=runtime.draining
         )
@@ -213,6 +207,18 @@ async def _unless_client_leaves(work, receive: Receive):
         raise ClientGone() from None
     finally:
         watcher.cancel()
+
+
+def note_refusal(scope: Scope, caller: Caller, context: RequestContext | None, error: ApiError, status: int) -> None:
+    """What every refused or failed request does besides answering: after a 429, enforce Retry-After on this
+    connection (its next request is read only after it, see service/http_protocol.py), so clients that retry at
+    once can't starve accepted work, but never on a trusted proxy's connection, which carries other clients'
+    requests; and log a server-side failure."""
+    if status == 429 and not caller.proxied:
+        scope[HOLD_READING] = float(error.headers.get("Retry-After", RETRY_AFTER_SECONDS))
+    if status >= 500 and context is not None:
+        texts = f" (texts: {context.texts!r})" if context.texts is not None else ""
+        log.error("request %s failed: %s%s", context.request_id, error.message, texts)
 
 
 # --- who is asking

@@ -47,11 +47,11 @@ from service.endpoints import (
     header,
     header_list,
     new_request_id,
+    note_refusal,
     request_log,
     send_json,
 )
-from service.errors import RETRY_AFTER_SECONDS, ServiceError
-from service.http_protocol import HOLD_READING
+from service.errors import ServiceError
 from service.offload import run_sized
 from service.runtime import Runtime
 from service.schema import (
@@ -171,13 +171,7 @@ async def _serve(
         await send_json(send, 200, answer, context.request_id, context.started, context.timing, close=runtime.draining)
     except ApiError as error:
         status, reason = _STATUS.get(error.status, error.status), error.code
-        if status == 429 and not caller.proxied:
-            # As on /translation: this connection's next request is read only after Retry-After; never on a trusted
-            # proxy's connection, which carries other clients' requests.
-            scope[HOLD_READING] = float(error.headers.get("Retry-After", RETRY_AFTER_SECONDS))
-        if status >= 500:
-            texts = f" (texts: {context.texts!r})" if context.texts is not None else ""
-            log.error("request %s failed: %s%s", context.request_id, error.message, texts)
+        note_refusal(scope, caller, context, error, status)
         message = "Slowdown: " + error.message if status == 429 else error.message
         extra = [item for item in header_list(error) if item[0] != b"www-authenticate"]
         await send_json(send, status, _error_body(message), context.request_id, context.started, extra, close=runtime.draining)

@@ -151,21 +151,26 @@ class ServerProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """Signals the server (SIGTERM: a graceful stop), waits up to `timeout` s, then kills it; its exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                return self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait(10)
+        return stop_process(self.process, sig, timeout)
 
     def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_process(process: subprocess.Popen | None, sig: int, timeout: float) -> int | None:
+    """Signals a server process, waits up to `timeout` s, then kills it; its exit code (None: never started)."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait(10)
 
 
 class RedisMissing(RuntimeError):

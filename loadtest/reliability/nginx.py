@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from loadtest.harness import HOST, free_port, wait_for
+from loadtest.harness import HOST, free_port, stop_process, wait_for
 
 
 class NginxMissing(RuntimeError):
@@ -155,15 +155,7 @@ class Nginx:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGQUIT (finish what is in flight, then exit), SIGKILL after `timeout`."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)
-            try:
-                return self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait(10)
+        return stop_process(self.process, signal.SIGQUIT, timeout)
 
     def __enter__(self) -> Self:
         return self.start()

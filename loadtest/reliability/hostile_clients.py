@@ -442,7 +442,7 @@ def _steady_client(url: str, index: int, deadline: float, started: float, out: d
             text = None
             with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
                 text = json.loads(data)["result"][0]["text"]
-            answers.append((began - started, response.status, text == exact(sentence, "fr")))
+            answers.append((began - started, response.status, text == exact(sentence, "fr"), time.monotonic() - started))
             if response.getheader("connection", "").lower() == "close":
                 moved = True
                 break  # draining: this client goes to another replica
@@ -502,7 +502,9 @@ def sighup(model_dir: Path, work_dir: Path, *, clients: int = 8, load_seconds: f
     result = {
         "clients": clients,
         "answered": len(answers),
-        "answered_after_sighup": sum(1 for a in answers if a[0] >= signalled_at),
+        # Answered once the signal was in: the requests in flight then, and any sent during the drain.
+        "answered_after_sighup": sum(1 for a in answers if a[3] >= signalled_at),
+        "moved_on_close": sum(1 for o in outcomes.values() if o["moved"]),
         "not_200": len(not_200),
         "not_200_statuses": sorted({a[1] for a in not_200}),
         "inexact": sum(1 for a in answers if a[1] == 200 and not a[2]),

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service import languages
+from service import apidocs, info, languages, webpage
 from service.endpoints import (
     POST_HANDLERS,
     detection,
@@ -45,8 +45,10 @@ from service.settings import Settings
 
 log = logging.getLogger("service")
 
-# Open whatever the API keys say: probes must reach them.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Open whatever the API keys say: probes must reach them, and a browser must load the web page, the API docs and
+# the document they render before it can send a key (the page's and Swagger UI's own requests carry it).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/docs", "/openapi.json"})
+OPEN_PREFIXES = (webpage.ASSETS_PREFIX, apidocs.ASSETS_PREFIX)
 
 
 class TranslationApp(Starlette):
@@ -114,6 +116,9 @@ def create_app(
             Route("/readyz", _readyz, methods=["GET"]),
             Route("/metrics", _metrics, methods=["GET"]),
             Route("/openapi.json", _openapi, methods=["GET"]),
+            Route("/info", _info, methods=["GET"]),
+            *apidocs.routes(),
+            *webpage.routes(),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected_error},
         lifespan=_lifespan,
@@ -139,7 +144,7 @@ def _runtime(app: Any) -> Runtime:
 
 
 def _needs_key(path: str, runtime: Runtime) -> bool:
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return False
     return path != "/metrics" or runtime.settings.metrics_require_key
 
@@ -182,6 +187,10 @@ async def _metrics(request: Request) -> Response:
 async def _openapi(request: Request) -> Response:
     runtime = _runtime(request.app)
     return JSONResponse(openapi_document(runtime.settings, runtime.manifest.languages))
+
+
+async def _info(request: Request) -> Response:
+    return JSONResponse(info.info_document(_runtime(request.app)))
 
 
 # Reached only when the fast dispatch in TranslationApp.__call__ is bypassed (a mounted sub-app, say).

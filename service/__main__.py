@@ -37,6 +37,7 @@ from service.http_protocol import ConnectionLimit, protocol_class
 from service.model_dir import ModelDirError, read_manifest
 from service.runtime import Status
 from service.settings import Settings, SettingsError
+from service.tracing import Tracing, TracingConfigError
 
 log = logging.getLogger("service")
 
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(settings.device)
         compute_type = resolve_compute_type(device, settings.compute_type)
         settings = settings.for_device(device)
-    except (SettingsError, ModelDirError, EngineError) as error:
+        tracing = Tracing.from_environment(os.environ)
+    except (SettingsError, ModelDirError, EngineError, TracingConfigError) as error:
         print(f"service: error: {error}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server_box: list[GracefulServer] = []
     try:
-        app = create_app(settings, manifest, load_engine=load_engine, on_fatal=lambda reason: server_box[0].fail(reason))
+        app = create_app(settings, manifest, load_engine=load_engine, on_fatal=lambda reason: server_box[0].fail(reason), tracing=tracing)
     except AccessError as error:
         print(f"service: error: {error}", file=sys.stderr)
         return 2
@@ -169,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if warning:
         log.warning(warning)
+    if tracing is not None:
+        log.info("tracing: on, exporting spans with %s (OTEL_* variables)", tracing.exporter_name)
     runtime = app.runtime
     config = uvicorn.Config(
         app,

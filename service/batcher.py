@@ -64,6 +64,7 @@ class BatchStats:
     cost: int
     seconds: float
     failed: bool
+    tags: tuple = ()  # the `tag` of every submit the batch served (trace contexts, to link the batch to its requests)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class _Entry(Generic[Item, Result]):
     waiters: int = 1
     queue: deque | None = None  # the request queue it waits in; None once taken or withdrawn
     place: tuple[Hashable, Hashable] = (None, None)  # (client, request) of that queue
+    tags: list | None = None  # the submitters' tags, when they gave one
 
 
 class _Flow:
@@ -200,17 +202,19 @@ class Batcher(Generic[Item, Result]):
         request: Hashable = None,
         headroom: int = 0,
         new_request: bool = True,
+        tag: object = None,
     ) -> list[Outcome[Result]]:
         """Queues all items (all or none), waits for their results in order.
 
         `client` and `request` name the queues the items wait in (batches take turns across clients, then
         across a client's requests); a request left None is this call alone. `headroom`: the items are
         queued only if that much room is left after them (a long request's later windows leave room for
-        new requests); `new_request`: these are the request's first items (a later window says False).
+        new requests); `new_request`: these are the request's first items (a later window says False); `tag`: any
+        value the batch hook should see for every batch these items run in (BatchStats.tags).
         Raises QueueFull or BatcherClosed before queueing anything, or the batch call's exception.
         Cancelling the caller withdraws its interest: items nobody waits for are not computed.
         """
-        entries = self._enqueue(items, client, object() if request is None else request, headroom, new_request)
+        entries = self._enqueue(items, client, object() if request is None else request, headroom, new_request, tag)
         try:
             # shield: one caller leaving must not cancel a result that others share.
             if len(entries) == 1:  # the common case, without gather's extra future
@@ -243,7 +247,13 @@ class Batcher(Generic[Item, Result]):
                 del self._flows[client]
 
     def _enqueue(
-        self, items: Sequence[Item], client: Hashable, request: Hashable, headroom: int = 0, new_request: bool = True
+        self,
+        items: Sequence[Item],
+        client: Hashable,
+        request: Hashable,
+        headroom: int = 0,
+        new_request: bool = True,
+        tag: object = None,
     ) -> list[_Entry]:
         keyed = [(self._key(item), item) for item in items]
         loop = self._loop or asyncio.get_running_loop()
@@ -276,6 +286,11 @@ class Batcher(Generic[Item, Result]):
                     queue.append(entry)
                     self._queued += 1
                 entry.waiters += 1
+                if tag is not None:
+                    if entry.tags is None:
+                        entry.tags = [tag]
+                    else:
+                        entry.tags.append(tag)  # repeats are dropped per batch (_execute)
                 entries.append(entry)
             if entries:
                 self._work_ready.notify()
@@ -294,8 +309,10 @@ class Batcher(Generic[Item, Result]):
                     self._hand_out(expired, None, timeout, 0.0, 0.0)
                 if batch:
                     self._execute(batch)
-            except Exception:
+            except Exception as failure:
                 log.exception("batcher worker error; going on")
+                # Whatever failed, nobody is left waiting: callers not yet answered get the error.
+                self._hand_out(batch, None, failure, 0.0, 0.0)
 
     def _next_batch(self) -> tuple[list[_Entry], list[_Entry]] | None:
         """Waits for work; returns (batch, expired entries), or None once closing with nothing left."""
@@ -375,7 +392,8 @@ class Batcher(Generic[Item, Result]):
             for entry in batch:
                 self._forget(entry)
         # Hooks first (metrics), so that a caller who has its answer also finds it counted.
-        _call_hook(self._on_batch, BatchStats(len(batch), sum(e.cost for e in batch), seconds, error is not None))
+        tags = {id(tag): tag for entry in batch if entry.tags for tag in entry.tags}  # by identity: any value may be a tag
+        _call_hook(self._on_batch, BatchStats(len(batch), sum(e.cost for e in batch), seconds, error is not None, tuple(tags.values())))
         for entry in batch:
             _call_hook(self._on_wait, started - entry.enqueued_at)
         self._hand_out(batch, results, error, started, seconds)

@@ -40,6 +40,7 @@ from service.schema import (
     parse_detect_request,
     parse_translation_request,
 )
+from service.tracing import trace_id_of
 
 log = logging.getLogger("service")
 request_log = logging.getLogger("service.requests")
@@ -69,6 +70,7 @@ class RequestContext:
     input_tokens: int | None = None
     output_tokens: int | None = None
     texts_count: int | None = None
+    trace_id: str | None = None  # the request's trace (its span's, or with tracing off the caller's traceparent's)
     client_gone: bool = False
     texts: list[str] | None = None  # MT_LOG_TEXT only, for the error log; never in the request log
     timing: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -87,8 +89,42 @@ class RequestContext:
         fields["latency_ms"] = round((time.perf_counter() - self.started) * 1000, 3)
         return fields
 
+    def span_attributes(self) -> dict[str, Any]:
+        attributes = {}
+        for name, attribute in _SPAN_ATTRIBUTES.items():
+            value = getattr(self, name)
+            if value:
+                attributes[attribute] = value
+        return attributes
 
-_LOGGED = ("records", "from_lang", "to_lang", "sentences", "cache_hits", "input_tokens", "output_tokens", "texts_count")
+
+def begin_trace(
+    runtime: Runtime, scope: Scope, traceparent: bytes | None, tracestate: bytes | None, context: RequestContext
+) -> tuple[Any, Any] | None:
+    """Starts the request's span when tracing is on (None when off); either way the request log gets the trace id."""
+    tracing = runtime.tracing
+    if tracing is None:
+        context.trace_id = trace_id_of(traceparent) if traceparent is not None else None
+        return None
+    span, token = tracing.enter_request(scope["method"], scope["path"], traceparent, tracestate)
+    context.trace_id = tracing.trace_id(span)
+    return span, token
+
+
+def end_trace(runtime: Runtime, trace: tuple[Any, Any] | None, status: int, context: RequestContext) -> None:
+    if trace is not None and runtime.tracing is not None:
+        runtime.tracing.leave_request(*trace, status, context.span_attributes())
+
+
+_LOGGED = (
+    "records", "from_lang", "to_lang", "sentences", "cache_hits", "input_tokens", "output_tokens", "texts_count", "trace_id",
+)  # fmt: skip
+# What the request's span carries besides its status (service/tracing.py), when known.
+_SPAN_ATTRIBUTES = {
+    "request_id": "request.id", "client": "client.id", "records": "request.records", "from_lang": "translation.from",
+    "to_lang": "translation.to", "sentences": "request.sentences", "cache_hits": "request.cache_hits",
+    "input_tokens": "request.input_tokens", "output_tokens": "request.output_tokens", "texts_count": "request.texts",
+}  # fmt: skip
 
 # The work of one endpoint, once admitted and its body in: (runtime, permit, body, receive, context) -> answer.
 Work = Callable[[Runtime, Permit, bytes, Receive, RequestContext], Awaitable[bytes]]
@@ -115,6 +151,7 @@ async def _serve(
     caller = admission.caller(scope.get("client"), headers.forwarded_for)
     context.address = caller.address
     status, reason = 200, "ok"
+    trace = begin_trace(runtime, scope, headers.traceparent, headers.tracestate, context)
     try:
         try:
             with admission.enter(caller, headers.authorization) as permit:
@@ -140,6 +177,7 @@ async def _serve(
         log.exception("unexpected error on %s (request %s)", scope["path"], context.request_id)
         await send_json(send, 500, ApiError("internal error; see the server log").body(), context.request_id, context.started, [])
     count(status, reason)
+    end_trace(runtime, trace, status, context)
     if work is _translate:
         runtime.metrics.request_duration.observe(time.perf_counter() - context.started)
     if request_log.isEnabledFor(logging.INFO):
@@ -235,7 +273,7 @@ def header(scope: Scope, wanted: bytes) -> bytes | None:
 class _Headers:
     """The request headers the handler needs, found in one pass over the ASGI list."""
 
-    __slots__ = ("authorization", "content_length", "content_type", "forwarded_for", "request_id")
+    __slots__ = ("authorization", "content_length", "content_type", "forwarded_for", "request_id", "traceparent", "tracestate")
 
     def __init__(self, scope: Scope) -> None:
         self.content_type = "application/json"
@@ -243,6 +281,8 @@ class _Headers:
         self.request_id = ""
         self.authorization = ""
         self.forwarded_for: bytes | None = None
+        self.traceparent: bytes | None = None
+        self.tracestate: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"content-type":
                 self.content_type = value.decode("latin-1").split(";")[0].strip().lower()
@@ -254,6 +294,10 @@ class _Headers:
                 self.authorization = value.decode("latin-1")
             elif name == b"x-forwarded-for":
                 self.forwarded_for = value
+            elif name == b"traceparent":
+                self.traceparent = value
+            elif name == b"tracestate":
+                self.tracestate = value
 
 
 def plain_request_id(value: bytes) -> str:

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from service.batcher import Batcher, BatcherClosed, Outcome, QueueFull, QueueTimeout
 from service.engine import Engine, Job, Translation
@@ -40,6 +40,9 @@ class EngineWork:
     output_tokens: int = 0
     queue_seconds: float = 0.0
     inference_seconds: float = 0.0
+    # Traced requests only: per window, (queued at, in wall-clock ns; jobs; its longest queue wait; its longest
+    # engine call), for the request's queue and engine spans.
+    windows: list[tuple[int, int, float, float]] = field(default_factory=list)
 
 
 _FIFO = object()  # the one queue every request joins without fair scheduling
@@ -61,37 +64,42 @@ async def feed(
     client: str,
     fair: bool = True,
     patience: float = 30.0,
+    tag: object = None,
 ) -> tuple[list[Chunks], EngineWork]:
     """Translates `wanted` through `batcher`, at most `window` jobs of it at a time; raises the ServiceError
     that says why it failed. `size` (the request's bytes) decides where tokenizing runs (service/offload.py);
     `patience`: how long a window waits for room in the queue (0: for ever) before the request fails with
-    QueueWaitExpired, as a queued sentence would."""
+    QueueWaitExpired, as a queued sentence would. `tag` goes with every window to the batcher (the request's
+    trace context, for the engine batch spans); given, the windows' times are kept in EngineWork.windows."""
     half = max(1, window // 2)
     # The batcher's queue for this request, across its windows; without fairness, one queue for everyone (FIFO).
     request = object() if fair else _FIFO
     client = client if fair else ""
     chunks: list[Chunks] = [[] for _ in wanted]
     work = EngineWork()
-    in_flight: deque[tuple[list[int], list[Job], asyncio.Task]] = deque()
+    in_flight: deque[tuple[list[int], list[Job], asyncio.Task, int]] = deque()
     sent: list[bool] = []
     # A long request's later windows leave a quarter of the queue free: new requests, interactive ones
     # first among them, are admitted beside it instead of finding the queue full of its windows.
     headroom = batcher.max_queue // 4
 
-    async def finish(owners: list[int], jobs: list[Job], task: asyncio.Task) -> None:
+    async def finish(owners: list[int], jobs: list[Job], task: asyncio.Task, queued_at: int) -> None:
         outcomes: list[Outcome[Translation]] = await _engine_call(task)
         for owner, job, outcome in zip(owners, jobs, outcomes):
             chunks[owner].append((job, outcome.value))
             work.output_tokens += len(outcome.value.tokens)
             work.queue_seconds = max(work.queue_seconds, outcome.queue_seconds)
             work.inference_seconds = max(work.inference_seconds, outcome.inference_seconds)
+        if tag is not None:
+            waited = max(outcome.queue_seconds for outcome in outcomes)
+            work.windows.append((queued_at, len(jobs), waited, max(outcome.inference_seconds for outcome in outcomes)))
 
     def send(owners: list[int], jobs: list[Job]) -> None:
         work.input_tokens += sum(len(job.source) for job in jobs)
         later = bool(sent)
         sent.append(True)
-        submitting = _submit(batcher, jobs, client, request, later=later, headroom=headroom, patience=patience)
-        in_flight.append((owners, jobs, asyncio.ensure_future(submitting)))
+        submitting = _submit(batcher, jobs, client, request, later=later, headroom=headroom, patience=patience, tag=tag)
+        in_flight.append((owners, jobs, asyncio.ensure_future(submitting), time.time_ns() if tag is not None else 0))
 
     try:
         jobs: list[Job] = []
@@ -113,9 +121,9 @@ async def feed(
             await finish(*in_flight.popleft())
     finally:
         if in_flight:  # failed or cancelled: nothing else of this request is computed
-            for *_, task in in_flight:
+            for _, _, task, _ in in_flight:
                 task.cancel()
-            await asyncio.gather(*(task for *_, task in in_flight), return_exceptions=True)
+            await asyncio.gather(*(task for _, _, task, _ in in_flight), return_exceptions=True)
     return chunks, work
 
 
@@ -128,6 +136,7 @@ async def _submit(
     later: bool,
     headroom: int,
     patience: float,
+    tag: object = None,
 ) -> list[Outcome[Translation]]:
     """Queues a window once there is room for it (and `headroom` beside it). Admission saw room for the first
     window a moment ago, but other requests may have taken it meanwhile: it waits rather than being refused
@@ -135,9 +144,7 @@ async def _submit(
     deadline = time.monotonic() + patience if patience > 0 else float("inf")
     while True:
         try:
-            return await batcher.submit(
-                jobs, client=client, request=request, headroom=headroom if later else 0, new_request=not later
-            )
+            return await batcher.submit(jobs, client=client, request=request, headroom=headroom if later else 0, new_request=not later, tag=tag)
         except QueueFull:
             if time.monotonic() > deadline:
                 raise QueueTimeout(f"waited over {patience:g}s for room in the queue") from None

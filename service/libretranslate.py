@@ -44,6 +44,8 @@ from service.endpoints import (
     _Headers,
     _read_body,
     _unless_client_leaves,
+    begin_trace,
+    end_trace,
     header,
     header_list,
     new_request_id,
@@ -147,6 +149,7 @@ async def _serve(
     key_in_body = admission.keys is not None and not headers.authorization
     key_presented = bool(headers.authorization)
     status, reason = 200, "ok"
+    trace = begin_trace(runtime, scope, headers.traceparent, headers.tracestate, context)
     try:
         try:
             permit = admission.enter_before_key(caller) if key_in_body else admission.enter(caller, headers.authorization)
@@ -183,6 +186,7 @@ async def _serve(
         log.exception("unexpected error on %s (request %s)", scope["path"], context.request_id)
         await send_json(send, 500, _error_body("internal error; see the server log"), context.request_id, context.started, [])
     count(status, reason)
+    end_trace(runtime, trace, status, context)
     if work is _translate:
         runtime.metrics.request_duration.observe(time.perf_counter() - context.started)
     if request_log.isEnabledFor(logging.INFO):

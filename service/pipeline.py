@@ -34,6 +34,7 @@ from service.feeder import Chunks, Wanted, feed
 from service.languages import AUTO, name
 from service.metrics import Metrics
 from service.offload import run_sized
+from service.tracing import NO_SPAN, Tracing
 
 # A sampled sentence counts as a mismatch only when the detector is this sure: short sentences and
 # names are often guessed wrong with low confidence, and would make the signal noise.
@@ -46,7 +47,6 @@ class SentenceAdmission(Protocol):
     client: str
 
     def take_sentences(self, sentences: int) -> None: ...
-
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ class Pipeline:
         check_every: int = 0,
         fair: bool = True,
         patience: float = 30.0,
+        tracing: Tracing | None = None,
     ):
         self._detector = detector
         self._check_every = check_every if detector is not None else 0
@@ -94,6 +95,7 @@ class Pipeline:
         self._window = window
         self._fair = fair  # False: every request joins one first-come queue (MT_SCHEDULING=fifo, for comparison)
         self._patience = patience  # how long a window may wait for room in the queue (the queue timeout)
+        self._tracing = tracing  # None: off, and every step below skips it at the cost of one test
 
     async def translate(
         self,
@@ -128,7 +130,8 @@ class Pipeline:
         """Each text's language (POST /detect); CPU work: callers run large requests in a thread."""
         if self._detector is None:
             raise RuntimeError("language detection is not loaded")
-        detections = [self._detector.detect(text) for text in texts]
+        with self._tracing.span("detect language", texts=len(texts)) if self._tracing else NO_SPAN:
+            detections = [self._detector.detect(text) for text in texts]
         self._metrics.count_detections(detections)
         return detections
 
@@ -180,7 +183,9 @@ class Pipeline:
         main_slot = f"{to_lang}|html" if html else to_lang
         slots = [main_slot] + ([f"{to_lang}|alt{alternatives}"] if alternatives else [])
         keys = [(lang, slot, sentence) for slot in slots for lang, sentence in unique]
-        found = await self._cache.get_many(keys)
+        tracing = self._tracing
+        with tracing.span("cache lookup", keys=len(keys)) if tracing else NO_SPAN:
+            found = await self._cache.get_many(keys)
         main_found, alt_found = found[: len(unique)], found[len(unique) :]
         wanted = [Wanted(lang, s, attention=html) for (lang, s), value in zip(unique, main_found) if value is None]
         wanted += [Wanted(lang, s, hypotheses=alternatives + 1) for (lang, s), value in zip(unique, alt_found) if value is None]
@@ -190,7 +195,13 @@ class Pipeline:
         chunks, work = await feed(
             self._batcher, self._engine, wanted, to_lang, window=self._window, size=size, client=client, fair=self._fair,
             patience=self._patience,
+            tag=tracing.current() if tracing else None,
         )
+        if tracing:
+            for queued_at, jobs, waited, engine_seconds in work.windows:
+                engine_start = queued_at + int(waited * 1e9)
+                tracing.record("queue", queued_at, engine_start, sentences=jobs)
+                tracing.record("engine", engine_start, engine_start + int(engine_seconds * 1e9), sentences=jobs)
         glue = "" if to_lang in segment.NO_SPACE_LANGUAGES else " "
         computed = [_cache_value(w, parts, glue) for w, parts in zip(wanted, chunks)]
         await self._cache.set_many(

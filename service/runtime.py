@@ -26,6 +26,7 @@ from service.metrics import Metrics
 from service.model_dir import Manifest
 from service.pipeline import Pipeline
 from service.settings import Settings
+from service.tracing import Tracing
 
 log = logging.getLogger("service")
 
@@ -60,6 +61,7 @@ class Runtime:
         *,
         load_engine: Callable[[], Engine],
         on_fatal: Callable[[str], None] = lambda reason: None,
+        tracing: Tracing | None = None,
     ) -> None:
         if not settings.resolved:
             raise ValueError("settings must be resolved for a device first (Settings.for_device)")
@@ -71,6 +73,7 @@ class Runtime:
         self.status = Status.STARTING
         self.serving: Serving | None = None
         self.admission = Admission(settings, accepting=self.accepting)
+        self.tracing = tracing  # None: tracing is off (service/tracing.py)
         self._load_engine = load_engine
         self._on_fatal = on_fatal
         self._starting: asyncio.Task | None = None
@@ -132,6 +135,8 @@ class Runtime:
         if self.serving is not None:
             await self.serving.batcher.close()
             await self.serving.cache.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # exports the last spans (bounded by OTEL_BSP_EXPORT_TIMEOUT)
         log.info("stopped: every accepted request was answered")
 
     async def _start(self) -> None:
@@ -142,12 +147,12 @@ class Runtime:
             engine = await asyncio.to_thread(self._load_engine)
             detector = await asyncio.to_thread(self._load_detector)
             cache = _build_cache(settings, engine.fingerprint, self.metrics)
-            batcher = _build_batcher(settings, engine, self.metrics)
+            batcher = _build_batcher(settings, engine, self.metrics, self.tracing)
             batcher.start()
             pipeline = Pipeline(
                 engine, batcher, cache, self.metrics, settings.request_window, detector=detector,
                 check_every=settings.language_check_every, fair=settings.scheduling == "fair",
-                patience=settings.queue_timeout_seconds,
+                patience=settings.queue_timeout_seconds, tracing=self.tracing,
             )  # fmt: skip
             warm_up_lang = "en" if "en" in self.languages else self.manifest.languages[0]
             await batcher.submit(engine.encode(WARM_UP_TEXT, warm_up_lang, warm_up_lang))
@@ -201,7 +206,7 @@ def _build_cache(settings: Settings, namespace: str, metrics: Metrics) -> Cache:
     )
 
 
-def _build_batcher(settings: Settings, engine: Engine, metrics: Metrics) -> Batcher[Job, Translation]:
+def _build_batcher(settings: Settings, engine: Engine, metrics: Metrics, tracing: Tracing | None) -> Batcher[Job, Translation]:
     def run_batch(jobs: list[Job]) -> list[Translation]:
         # Runs in a batcher worker thread; the engine releases the GIL while it computes.
         translations = engine.translate(jobs)
@@ -219,6 +224,8 @@ def _build_batcher(settings: Settings, engine: Engine, metrics: Metrics) -> Batc
         metrics.batch_tokens.observe(stats.cost)
         metrics.inference_duration.observe(stats.seconds)
         metrics.input_tokens.inc(stats.cost)
+        if tracing is not None and stats.tags:  # a batch that served traced requests
+            tracing.record_batch(stats.seconds, stats.size, stats.cost, stats.tags, stats.failed)
 
     return Batcher(
         run_batch,

@@ -52,6 +52,12 @@ class MethodNotAllowed(ApiError):
     status, code = 405, "method_not_allowed"
 
 
+class CorsRefused(ApiError):
+    """A browser's CORS preflight from an origin, or for a method or header, that MT_CORS_ORIGINS does not allow."""
+
+    status, code = 403, "cors_refused"
+
+
 class RequestTimeout(ApiError):
     """The request head or body did not arrive in time (answered by service/http_protocol.py)."""
 
@@ -146,8 +152,9 @@ def api_error(error: errors.ServiceError) -> ApiError:
 
 # The status table, for the OpenAPI document and the docs: status -> (code, when).
 ERRORS: tuple[type[ApiError], ...] = (
-    BadRequest, MalformedJson, Unauthorized, NotFound, MethodNotAllowed, RequestTimeout, PayloadTooLarge, HeadersTooLarge, UnsupportedMediaType,
-    ValidationFailed, UnsupportedLanguage, Overloaded, RateLimited, TranslationFailed, NotReady, QueueExpired, TooManyConnections,
+    BadRequest, MalformedJson, Unauthorized, CorsRefused, NotFound, MethodNotAllowed, RequestTimeout, PayloadTooLarge,
+    HeadersTooLarge, UnsupportedMediaType, ValidationFailed, UnsupportedLanguage, Overloaded, RateLimited, TranslationFailed,
+    NotReady, QueueExpired, TooManyConnections,
     ApiError,
 )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.cors import parse_origins
 from service.identity import TrustedProxies
 
 ENV_PREFIX = "MT_"
@@ -90,6 +91,8 @@ class Settings:
     forwarded_allow_ips: str = _opt("127.0.0.1", "proxies whose X-Forwarded-For names the client: comma-separated "
                                     "addresses or networks (10.0.0.0/8). * trusts any caller and lets anyone pick "
                                     "their address: unsafe where per-address limits matter")
+    cors_origins: str = _opt("", "origins whose browser apps may call the API (CORS): comma-separated "
+                             "scheme://host[:port], or * for any (empty: CORS off)")
     max_connections: int = _opt(0, "open connections before new ones get 503 and close (probes are still served); "
                                 "0 = by the open-file limit, which the service raises to its hard limit at start",
                                 minimum=0)
@@ -178,6 +181,10 @@ class Settings:
             TrustedProxies(self.forwarded_allow_ips)
         except ValueError as error:
             raise SettingsError(f"{_names('forwarded_allow_ips')}: {error}") from None
+        try:
+            parse_origins(self.cors_origins)
+        except ValueError as error:
+            raise SettingsError(f"{_names('cors_origins')}: {error}") from None
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(f"{_names('redis_url')} must start with redis://, rediss:// or unix://")
 

@@ -58,8 +58,9 @@ async def until(condition: Callable[[], object], seconds: float = 5.0, what: str
         await asyncio.sleep(0.001)
 
 
-def build_app(model_dir: Path, wrap_engine=None, **overrides):
-    """The real app in-process on the converted toy model; `wrap_engine` may replace the engine."""
+def build_app(model_dir: Path, wrap_engine=None, tracing=None, **overrides):
+    """The real app in-process on the converted toy model; `wrap_engine` may replace the engine; `tracing` is a
+    service.tracing.Tracing (None: off)."""
     from service.app import create_app
     from service.engine import Engine
     from service.model_dir import read_manifest
@@ -81,7 +82,7 @@ def build_app(model_dir: Path, wrap_engine=None, **overrides):
         )
         return wrap_engine(engine) if wrap_engine else engine
 
-    return create_app(settings, manifest, load_engine=load_engine)
+    return create_app(settings, manifest, load_engine=load_engine, tracing=tracing)
 
 
 class AppClient:

@@ -384,3 +384,44 @@ async def test_a_withdrawn_request_leaves_no_empty_turn_behind():
     assert await blocker == ["BLOCK"]
     assert run.batches[1:] == [["p", "q"], ["r"]]
     await batcher.close()
+
+
+async def test_the_batch_hook_sees_the_tag_of_every_submit_it_served_once_each():
+    seen: list[BatchStats] = []
+    run = Recorder()
+    run.release.clear()
+    batcher = make(run, on_batch=seen.append, concurrency=1)
+    first = asyncio.ensure_future(batcher.submit(["x"], tag="first"))
+    await until(lambda: len(run.batches) == 1)
+    # Tags need not be hashable (a trace context is not); one shared item carries both of its callers' tags.
+    unhashable = ["request", 2]
+    waiting = [
+        asyncio.ensure_future(batcher.submit(["a", "b"], tag=unhashable)),
+        asyncio.ensure_future(batcher.submit(["a"], tag="third")),
+        asyncio.ensure_future(batcher.submit(["c"])),  # untagged
+    ]
+    await until(lambda: batcher.queue_depth == 3)
+    run.release.set()
+    await first
+    for outcome in await asyncio.gather(*waiting):
+        assert outcome
+    await batcher.close()
+    assert [stats.tags for stats in seen] == [("first",), (unhashable, "third")]
+
+
+async def test_a_worker_error_outside_the_batch_call_fails_its_callers_instead_of_leaving_them_waiting(monkeypatch):
+    batcher = make(Recorder())
+    original = batcher._execute
+    calls = []
+
+    def broken(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("bookkeeping failed")
+        original(batch)
+
+    monkeypatch.setattr(batcher, "_execute", broken)
+    with pytest.raises(RuntimeError, match="bookkeeping failed"):
+        await asyncio.wait_for(batcher.submit(["x"]), 5)
+    assert await values(batcher, ["y"]) == ["Y"]  # the worker went on
+    await batcher.close()

@@ -20,9 +20,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import apidocs, info, languages, webpage
+from service.cors import Cors, parse_origins
 from service.endpoints import (
     POST_HANDLERS,
     detection,
@@ -42,6 +43,7 @@ from service.openapi import openapi_document
 from service.runtime import Runtime
 from service.schema import ApiError, MethodNotAllowed, NotFound, api_error
 from service.settings import Settings
+from service.tracing import Tracing
 
 log = logging.getLogger("service")
 
@@ -60,8 +62,14 @@ class TranslationApp(Starlette):
         self.runtime = runtime
         self.state.service = runtime
         self.language_list = _language_list(runtime.manifest)
+        origins = parse_origins(runtime.settings.cors_origins)
+        # CORS, when configured, goes in front of everything, the hot paths too; off, it costs nothing.
+        self._entry: ASGIApp = Cors(self._dispatch, origins) if origins else self._dispatch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             handler = POST_HANDLERS.get(scope["path"]) if scope["method"] == "POST" else None
             # LibreTranslate's API (/libretranslate/...), every method, ahead of the native key check: its keys may
@@ -102,10 +110,11 @@ def create_app(
     *,
     load_engine: Callable[[], Engine],
     on_fatal: Callable[[str], None] = lambda reason: None,
+    tracing: Tracing | None = None,
 ) -> TranslationApp:
-    """`load_engine` runs in a worker thread at start; `on_fatal` is told if it fails.
-    `settings` must be resolved for the device (Settings.for_device)."""
-    runtime = Runtime(settings, manifest, load_engine=load_engine, on_fatal=on_fatal)
+    """`load_engine` runs in a worker thread at start; `on_fatal` is told if it fails; `tracing`: None is off
+    (service/tracing.py). `settings` must be resolved for the device (Settings.for_device)."""
+    runtime = Runtime(settings, manifest, load_engine=load_engine, on_fatal=on_fatal, tracing=tracing)
     app = TranslationApp(
         runtime,
         routes=[

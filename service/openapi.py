@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from functools import cache
 
 from service import __version__
+from service.info import INFO_SCHEMA
 from service.languages import AUTO
 from service.schema import ERRORS, FORMATS, ID_MAXIMUM, ID_MINIMUM, MAX_ALTERNATIVES
 from service.settings import Settings
@@ -52,6 +53,10 @@ def _errors(*statuses: int) -> dict:
     return out
 
 
+# Open whatever the API keys say (service/app.py's OPEN_PATHS).
+_OPEN: list[dict] = []
+
+
 def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -73,7 +78,9 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
     }
     # A translation may be longer than its source: no maxLength here.
     alternatives = {
-        "type": "array", "items": {"type": "string"}, "maxItems": MAX_ALTERNATIVES,
+        "type": "array",
+        "items": {"type": "string"},
+        "maxItems": MAX_ALTERNATIVES,
         "description": "only when the request asked for alternatives: other translations, distinct from text and each other",
     }
     translated_properties = {"id": record_id, "text": {"type": "string"}, "alternatives": alternatives}
@@ -113,12 +120,17 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
                     "toLang": {**language, "description": "target language code (GET /languages)"},
                     "records": {"type": "array", "maxItems": max_records, "items": record},
                     "format": {
-                        "type": "string", "enum": list(FORMATS), "default": "text",
+                        "type": "string",
+                        "enum": list(FORMATS),
+                        "default": "text",
                         "description": "html: each text is an HTML document; its markup is kept byte for byte and only its "
-                                       "text (and alt, title, placeholder, aria-label) is translated",
+                        "text (and alt, title, placeholder, aria-label) is translated",
                     },
                     "alternatives": {
-                        "type": "integer", "minimum": 0, "maximum": MAX_ALTERNATIVES, "default": 0,
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": MAX_ALTERNATIVES,
+                        "default": 0,
                         "description": "up to this many other translations per record (with format html: an empty list each)",
                     },
                 },
@@ -207,33 +219,53 @@ def _document(max_records: int, max_text_chars: int, max_body_bytes: int, langua
                     },
                 }
             },
+            "/info": {
+                "get": {
+                    "summary": "This replica: version, model, device, compute type, limits and batching settings",
+                    "responses": {"200": _json(INFO_SCHEMA, "the effective settings, no secrets"), **_errors(401, 429)},
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Liveness: the process and its batcher loop are alive",
+                    "security": _OPEN,
                     "responses": {"200": {"description": "alive"}, "503": {"description": "dead: restart me"}},
                 }
             },
             "/readyz": {
                 "get": {
                     "summary": "Readiness: model loaded and a warm-up translation done",
+                    "security": _OPEN,
                     "responses": {"200": {"description": "ready"}, "503": {"description": "starting or draining"}},
                 }
             },
             "/metrics": {
                 "get": {
-                    "summary": "Prometheus metrics",
+                    "summary": "Prometheus metrics (with API keys on, open unless MT_METRICS_REQUIRE_KEY)",
                     "responses": {"200": {"description": "text exposition format", "content": {"text/plain": {}}}},
                 }
             },
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "security": _OPEN, "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            "/docs": {
+                "get": {
+                    "summary": "This document in Swagger UI (its assets, under /docs/, are served by the service)",
+                    "security": _OPEN,
+                    "responses": {"200": {"description": "an HTML page", "content": {"text/html": {}}}},
+                }
+            },
+            "/": {
+                "get": {
+                    "summary": "The web page: text in, translation out (its assets are under /static/)",
+                    "security": _OPEN,
+                    "responses": {"200": {"description": "an HTML page", "content": {"text/html": {}}}},
+                }
+            },
         },
         "components": {
             "schemas": {"Error": _ERROR},
-            "securitySchemes": {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "when MT_API_KEYS_FILE is set"}
-            },
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "when MT_API_KEYS_FILE is set"}},
         },
-        # Keys are optional (off by default): either a key or none. /healthz and /readyz never need one.
+        # Keys are optional (off by default): either a key or none. The paths marked open never need one.
         "security": [{"apiKey": []}, {}],
     }
 

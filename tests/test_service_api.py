@@ -117,7 +117,9 @@ async def test_endpoints_besides_translation(client):
     assert (await client.http.get("/healthz")).json() == {"status": "alive"}
     assert (await client.http.get("/readyz")).json() == {"status": "ready"}
     document = (await client.http.get("/openapi.json")).json()
-    assert set(document["paths"]) == {"/translation", "/detect", "/languages", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+    assert set(document["paths"]) == {
+        "/translation", "/detect", "/languages", "/info", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/",
+    }  # fmt: skip
     responses = document["paths"]["/translation"]["post"]["responses"]
     assert set(responses) == {"200", "400", "401", "408", "413", "415", "422", "429", "431", "500", "503"}
     assert "unsupported_language" in responses["422"]["description"]

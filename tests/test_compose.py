@@ -1,13 +1,15 @@
 """docker-compose.yml and make dev, offline: there is no Docker engine here, so the file is checked against
 the Compose specification's schema and against the rest of the repository: the Dockerfile target it
 builds, the Redis image the cluster runs, the settings the service reads, the alert rules and the
-dashboard it mounts (promtool on the Prometheus config laid out as the container sees it), and the
-labels the dashboard and the alerts select.
+dashboard it mounts (promtool on the Prometheus config laid out as the container sees it), the
+labels the dashboard and the alerts select, and the traces' path: the service's OTEL_* variables, the
+OpenTelemetry collector's pipeline and Jaeger.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -26,9 +28,36 @@ from tests.test_dockerfile import parse_dockerfile
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 MONITORING = ROOT / "k8s" / "components" / "monitoring"
 REDIS_MANIFEST = ROOT / "k8s" / "components" / "redis" / "redis.yaml"
-SERVICES = {"translation", "redis", "prometheus", "grafana"}
-# Published ports: container port and the host port it gets by default.
-PORTS = {"translation": 9527, "prometheus": 9090, "grafana": 3000}
+SERVICES = {"translation", "redis", "prometheus", "grafana", "otel-collector", "jaeger"}
+# Published ports: container port and the host port it gets by default; the variable that moves it.
+PORTS = {"translation": 9527, "prometheus": 9090, "grafana": 3000, "jaeger": 16686, "otel-collector": 4318}
+PORT_VARIABLES = {"translation": "DEV_API_PORT", "prometheus": "DEV_PROMETHEUS_PORT", "grafana": "DEV_GRAFANA_PORT",
+                  "jaeger": "DEV_JAEGER_PORT", "otel-collector": "DEV_OTLP_PORT"}
+# Images without a shell or any tool to run a health check with (FROM scratch): the collector. Nothing may wait
+# for them to be healthy; they are only started.
+NO_HEALTHCHECK = {"otel-collector"}
+COLLECTOR_CONFIG = ROOT / "deploy" / "compose" / "otel-collector" / "config.yaml"
+# The components of the core collector distribution (otel/opentelemetry-collector) at the version the stack
+# pins: github.com/open-telemetry/opentelemetry-collector-releases, distributions/otelcol/manifest.yaml at
+# v0.159.0 (otlp_grpc and otlp_http since 0.14x; otlp and otlphttp are their deprecated aliases).
+COLLECTOR_VERSION = "0.159.0"
+COLLECTOR_COMPONENTS = {
+    "receivers": {"nop", "otlp", "hostmetrics", "jaeger", "kafka", "prometheus", "zipkin"},
+    "processors": {"batch", "memory_limiter", "attributes", "resource", "span", "probabilistic_sampler", "filter"},
+    "exporters": {"debug", "nop", "otlp_grpc", "otlp", "otlp_http", "otlphttp", "file", "kafka", "prometheus",
+                  "prometheusremotewrite", "zipkin"},
+    "extensions": {"zpages", "health_check", "pprof"},
+    "connectors": {"forward"},
+}
+# Jaeger v2's built-in all-in-one configuration (cmd/jaeger/internal/all-in-one.yaml at v2.20.0): OTLP in on
+# 4317 (gRPC) and 4318 (HTTP), the UI on 16686, the healthcheckv2 extension on 13133 (/status).
+JAEGER_OTLP_PORTS = {"grpc": 4317, "http": 4318}
+# The OpenTelemetry SDK variables the service reads (service/tracing.py), beside its own MT_* settings.
+OTEL_VARIABLES = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACES_EXPORTER", "OTEL_SDK_DISABLED",
+}
 # Labels a scrape through the ServiceMonitor attaches in a cluster (not the service's own metric labels).
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
@@ -187,21 +216,30 @@ def test_ports_are_published_on_loopback_only():
     for name, port in PORTS.items():
         assert published(name) == [("127.0.0.1", port, port)], name
     assert not published("redis"), "Redis is for the service only"
+    assert {name for name in SERVICES if published(name)} == set(PORTS)
     # The host ports move with DEV_*_PORT (make dev passes them on).
-    moved = interpolate(raw_compose(), {"DEV_API_PORT": "9600"})["services"]["translation"]["ports"]
-    assert moved == ["127.0.0.1:9600:9527"]
+    for name, variable in PORT_VARIABLES.items():
+        moved = interpolate(raw_compose(), {variable: "19600"})["services"][name]["ports"]
+        assert moved == [f"127.0.0.1:19600:{PORTS[name]}"], name
 
 
 def test_every_service_has_a_healthcheck_and_waits_on_what_it_needs():
     services = compose()["services"]
     for name, spec in services.items():
         test = spec.get("healthcheck", {}).get("test")
-        assert isinstance(test, list) and test[0] == "CMD" and len(test) > 1, f"{name} has no healthcheck"
+        if name in NO_HEALTHCHECK:
+            assert test is None, f"{name}: its image has no shell or tool to run a health check with"
+        else:
+            assert isinstance(test, list) and test[0] == "CMD" and len(test) > 1, f"{name} has no healthcheck"
         for dependency, condition in spec.get("depends_on", {}).items():
             assert dependency in services and condition["condition"] in CONDITIONS, (name, dependency)
             if condition["condition"] == "service_healthy":
                 assert "healthcheck" in services[dependency]
-    assert services["translation"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert services["translation"]["depends_on"] == {
+        "redis": {"condition": "service_healthy"}, "otel-collector": {"condition": "service_started"},
+    }
+    assert services["otel-collector"]["depends_on"] == {"jaeger": {"condition": "service_healthy"}}
+    assert services["jaeger"]["healthcheck"]["test"][-1] == "http://127.0.0.1:13133/status"
     assert services["grafana"]["depends_on"]["prometheus"] == {"condition": "service_healthy"}
     # The service's is the image's own (the Dockerfile's HEALTHCHECK on /readyz).
     (healthcheck,) = dockerfile_stages()["cpu"].all("HEALTHCHECK")
@@ -224,7 +262,7 @@ def test_every_mounted_host_path_exists_and_named_volumes_are_declared():
             source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
             if not source.startswith((".", "/")):
                 assert source in spec.get("volumes", {}), f"{name}: volume {source} is not declared"
-    assert mounted == 5
+    assert mounted == 6
 
 
 def test_the_service_environment_uses_only_real_settings():
@@ -232,9 +270,11 @@ def test_the_service_environment_uses_only_real_settings():
 
     environment = service("translation")["environment"]
     known = {f"{ENV_PREFIX}{spec.name.upper()}" for spec in fields(Settings)}
-    assert set(environment) <= known, f"not settings: {set(environment) - known}"
+    settings = {name: value for name, value in environment.items() if not name.startswith("OTEL_")}
+    assert set(settings) <= known, f"not settings: {set(settings) - known}"
+    assert set(environment) - set(settings) <= OTEL_VARIABLES, "OTEL_* variables the service does not read"
     try:
-        Settings.load(["--model-dir", "/models/m2m100"], environment)
+        Settings.load(["--model-dir", "/models/m2m100"], settings)
     except SettingsError as error:
         pytest.fail(f"docker-compose.yml gives the service a bad setting: {error}")
     redis = urllib.parse.urlsplit(environment["MT_REDIS_URL"])
@@ -334,3 +374,83 @@ def test_make_dev_runs_compose_and_prints_the_urls(tmp_path):
 
     missing = make("dev", compose_command="false")
     assert missing.returncode != 0 and "needs Docker with the compose plugin" in missing.stderr
+
+
+# --- traces: the service -> the OpenTelemetry collector -> Jaeger -----------------------------------------
+
+
+def collector_config(tmp_path: Path) -> dict:
+    """The collector's config as the container reads it (its --config flag, through the bind mount)."""
+    (flag,) = [arg for arg in service("otel-collector")["command"] if arg.startswith("--config=")]
+    return yaml.safe_load(container_path("otel-collector", flag.partition("=")[2], tmp_path).read_text())
+
+
+def test_the_service_sends_its_spans_to_the_collector_over_otlp_http(tmp_path, monkeypatch):
+    from service.tracing import DEFAULT_SERVICE_NAME, Tracing
+
+    environment = service("translation")["environment"]
+    url = urllib.parse.urlsplit(environment["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert url.scheme == "http" and url.hostname == "otel-collector" and url.path in ("", "/")
+    assert environment["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    assert environment["OTEL_SERVICE_NAME"] == DEFAULT_SERVICE_NAME
+    # The port is the one the collector's OTLP receiver listens on for HTTP, on every interface of its container.
+    host, _, port = collector_config(tmp_path)["receivers"]["otlp"]["protocols"]["http"]["endpoint"].rpartition(":")
+    assert host == "0.0.0.0" and url.port == int(port)
+    # The service's own tracing setup takes this environment (the SDK's exporter reads os.environ itself).
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    for name, value in environment.items():
+        if name.startswith("OTEL_"):
+            monkeypatch.setenv(name, value)
+    tracing = Tracing.from_environment(os.environ)
+    try:
+        assert tracing is not None and tracing.exporter_name == "otlp"
+    finally:
+        tracing.shutdown()
+
+
+def test_the_collector_pipeline_references_only_defined_components(tmp_path):
+    config = collector_config(tmp_path)
+    defined = {kind: set(config.get(kind) or {}) for kind in COLLECTOR_COMPONENTS}
+    pipelines = config["service"]["pipelines"]
+    assert set(pipelines) == {"traces"}
+    used: dict[str, set[str]] = {kind: set() for kind in ("receivers", "processors", "exporters")}
+    for name, pipeline in pipelines.items():
+        assert pipeline["receivers"] and pipeline["exporters"], name
+        for kind in used:
+            missing = set(pipeline.get(kind, [])) - defined[kind]
+            assert not missing, f"pipeline {name} uses {kind} that are not defined: {missing}"
+            used[kind] |= set(pipeline.get(kind, []))
+    for kind in used:
+        assert used[kind] == defined[kind], f"defined but unused {kind}: {defined[kind] - used[kind]}"
+    assert set(config["service"].get("extensions", [])) <= defined["extensions"]
+    # Each component exists in the image's distribution (the type is the part before a "/").
+    assert service("otel-collector")["image"] == f"otel/opentelemetry-collector:{COLLECTOR_VERSION}", \
+        "a new collector version: check COLLECTOR_COMPONENTS against its distribution's manifest"
+    for kind, names in defined.items():
+        unknown = {name for name in names if name.split("/")[0] not in COLLECTOR_COMPONENTS[kind]}
+        assert not unknown, f"{kind} not in the core distribution {COLLECTOR_VERSION}: {unknown}"
+    # memory_limiter first (refuse before buffering), batch last.
+    processors = pipelines["traces"]["processors"]
+    assert processors[0] == "memory_limiter" and processors[-1] == "batch"
+    limiter = config["processors"]["memory_limiter"]
+    assert limiter["check_interval"] and 0 < limiter["spike_limit_mib"] < limiter["limit_mib"]
+    # Exported to Jaeger, over OTLP/gRPC on the port Jaeger receives it on, and to the log (debug).
+    exporters = pipelines["traces"]["exporters"]
+    assert "debug" in exporters
+    (jaeger,) = [config["exporters"][name] for name in exporters if name.split("/")[0] in ("otlp_grpc", "otlp")]
+    host, _, port = jaeger["endpoint"].rpartition(":")
+    assert host == "jaeger" and host in compose()["services"] and int(port) == JAEGER_OTLP_PORTS["grpc"]
+    assert jaeger["tls"]["insecure"] is True, "plain gRPC on the compose network"
+
+
+def test_the_collector_publishes_otlp_http_only_and_on_loopback(tmp_path):
+    config = collector_config(tmp_path)
+    protocols = config["receivers"]["otlp"]["protocols"]
+    listening = {name: int(spec["endpoint"].rpartition(":")[2]) for name, spec in protocols.items()}
+    assert listening == {"grpc": 4317, "http": 4318}
+    # 4318 on the host's loopback (a service run with make serve can trace into the stack); 4317 only inside.
+    assert published("otel-collector") == [("127.0.0.1", PORTS["otel-collector"], listening["http"])]
+    assert [target for _, target in bind_mounts("otel-collector")] == ["/etc/otelcol/config.yaml"]
+    assert all(mount.endswith(":ro") for mount in service("otel-collector")["volumes"])

@@ -10,7 +10,9 @@
 #   make health-check URL=https://...         one real translation through the public routes, and
 #                                             /languages (TRANSLATION_API_KEY when keys are on)
 #   make monitoring                           ServiceMonitor, alerts, dashboard, adapter rules
-#   make k8s-validate                         render every overlay and the cluster autoscaler, validate offline
+#   make k8s-validate                         render every kustomization under k8s/, validate every object offline
+#                                             (built-in kinds and custom resources, none skipped)
+#   make cluster-addons                       the cluster add-ons at pinned versions (helmfile), then the ClusterIssuers
 
 SYSTEM_PYTHON ?= python3
 DOCKER ?= docker
@@ -29,7 +31,14 @@ DEPLOYMENT ?= translation
 ROLLOUT_TIMEOUT ?= 15m
 URL ?= http://127.0.0.1:$(PORT)
 K8S_VERSION ?= 1.33
-KUBERNETES_VALIDATE ?= $(dir $(PYTHON))kubernetes-validate
+# Custom resources are validated against the JSON schemas of their CRDs, vendored here (k8s/schemas/README.md).
+K8S_SCHEMAS ?= k8s/schemas
+# The cluster add-ons (k8s/cluster/addons): helmfile v1 and helm 3 or 4. HELMFILE_ARGS is what helmfile does:
+# `apply` shows a diff first (needs the helm-diff plugin); `--state-values-set istio.enabled=true sync` adds Istio.
+HELMFILE ?= helmfile
+CLUSTER_ADDONS ?= k8s/cluster/addons/helmfile.yaml
+HELMFILE_ARGS ?= sync
+CLUSTER_ISSUERS ?= k8s/cluster/addons/cluster-issuers
 K8S_OVERLAYS := $(notdir $(wildcard k8s/overlays/*))
 HEALTH_CHECK_ARGS ?=
 # GPU overlays run the -gpu image. An overlay is a GPU one when the pods it renders request
@@ -39,7 +48,7 @@ overlay_requests_gpu = $(shell $(KUSTOMIZE) k8s/overlays/$(1) 2>/dev/null | grep
 DEPLOY_TAG = $(TAG)$(if $(call overlay_requests_gpu,$(OVERLAY)),-gpu)
 DEPLOY_DIR = build/deploy/$(OVERLAY)
 
-.PHONY: build build-gpu push push-gpu deploy rollback health-check monitoring k8s-validate
+.PHONY: build build-gpu push push-gpu deploy rollback health-check monitoring k8s-validate cluster-addons
 
 build: ## build the CPU image IMAGE:TAG (converts SOURCE with QUANTIZATION inside the build)
 	$(DOCKER) build --target cpu --build-arg SOURCE=$(SOURCE) --build-arg QUANTIZATION=$(QUANTIZATION) -t $(IMAGE):$(TAG) .
@@ -74,8 +83,9 @@ health-check: ## POST URL/translation until ready, check the translation and /la
 monitoring: ## apply the ServiceMonitor, PrometheusRule, Grafana dashboard and adapter rules
 	$(KUBECTL) apply -k k8s/overlays/monitoring
 
-k8s-validate: ## render every overlay and the cluster autoscaler and validate them (kubernetes-validate --strict, K8S_VERSION)
-	@set -e; for dir in $(addprefix k8s/overlays/,$(K8S_OVERLAYS)) k8s/cluster/autoscaler; do \
-	  echo "$$dir"; \
-	  $(KUBECTL) kustomize $$dir | $(KUBERNETES_VALIDATE) --strict --quiet -k $(K8S_VERSION) -; \
-	done
+k8s-validate: ## render every kustomization under k8s/ and validate every object strictly: API kinds (K8S_VERSION) and CRDs (K8S_SCHEMAS)
+	$(PYTHON) scripts/validate_manifests.py --kubernetes-version $(K8S_VERSION) --schemas $(K8S_SCHEMAS) --kustomize '$(KUBECTL) kustomize' k8s
+
+cluster-addons: ## install or upgrade the cluster add-ons at their pinned versions (HELMFILE_ARGS=sync), then the ClusterIssuers
+	$(HELMFILE) --file $(CLUSTER_ADDONS) $(HELMFILE_ARGS)
+	$(KUBECTL) apply -k $(CLUSTER_ISSUERS)

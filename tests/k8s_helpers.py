@@ -1,5 +1,6 @@
 """Rendering and reading the Kubernetes manifests, for tests/test_k8s.py and tests/test_cluster.py: kubectl
-kustomize (cached per directory), strict schema validation, and small readers of the rendered objects."""
+kustomize (cached per directory), strict schema validation (scripts/validate_manifests.py: the API's kinds and the
+custom resources of k8s/schemas), the public routes, and small readers of the rendered objects."""
 
 from __future__ import annotations
 
@@ -59,15 +60,31 @@ def render(overlay: str) -> tuple[dict, ...]:
 
 
 def validate_strictly(doc: dict, what: str) -> None:
-    """Fails the test unless `doc` is a valid Kubernetes object of KUBERNETES_VERSION (no unknown fields)."""
-    from kubernetes_validate import utils as kv
+    """Fails the test unless `doc` is a valid object of KUBERNETES_VERSION (no unknown fields): a built-in kind
+    against the API's schemas, a custom resource against its CRD's (k8s/schemas; a kind without one fails)."""
+    from scripts.validate_manifests import validate_object
 
-    try:
-        kv.validate(doc, KUBERNETES_VERSION, strict=True)
-    except kv.SchemaNotFoundError:
-        pytest.fail(f"{what}: unknown kind {doc.get('apiVersion')} {doc.get('kind')}")
-    except kv.ValidationError as error:
-        pytest.fail(f"{what} is not a valid Kubernetes {KUBERNETES_VERSION} object: {error.message} at {list(error.path)}")
+    errors = validate_object(doc, KUBERNETES_VERSION)
+    if errors:
+        pytest.fail(f"{what} is not a valid object for Kubernetes {KUBERNETES_VERSION}:\n  " + "\n  ".join(errors))
+
+
+def public_prefixes() -> dict[str, frozenset[str]]:
+    """The path prefixes the Ingress routes as Prefix paths, each with the methods the service answers below it:
+    the web page's assets and Swagger UI's (service/webpage.py, service/apidocs.py: one GET route each, /PREFIX{name},
+    which matches no "/"), and LibreTranslate's API (service/libretranslate.py: every path below /libretranslate/)."""
+    from service import apidocs, libretranslate, webpage
+
+    found: dict[str, frozenset[str]] = {}
+    for prefix in (webpage.ASSETS_PREFIX, apidocs.ASSETS_PREFIX):
+        below = [route for route in (*webpage.routes(), *apidocs.routes()) if route.path.startswith(prefix)]
+        assert [route.path for route in below] == [prefix + "{name}"], f"more than the assets under {prefix}"
+        found[prefix] = frozenset(below[0].methods)
+    # LibreTranslate's GET routes (languages, frontend/settings, health), its POST ones (translate, detect, and the
+    # two it answers 403 "disabled"): libretranslate.serve.
+    get = {"GET", "HEAD"} if libretranslate._GET else set()
+    found[libretranslate.PREFIX + "/"] = frozenset(get | {"POST"})
+    return found
 
 
 def one(docs, kind: str, name: str | None = None) -> dict:

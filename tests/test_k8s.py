@@ -27,7 +27,6 @@ from service.settings import Settings
 from tests.k8s_helpers import (
     GPU_OVERLAYS,
     K8S,
-    KUBERNETES_VERSION,
     MANIFEST_IMAGE,
     NAMESPACE,
     RECOMMENDED_LABELS,
@@ -38,6 +37,7 @@ from tests.k8s_helpers import (
     fluent_bit_matches,
     one,
     pods,
+    public_prefixes,
     quantity,
     render,
     render_dir,
@@ -51,18 +51,29 @@ from tests.k8s_helpers import (
 )
 
 ENVIRONMENTS = ("dev", "staging", "prod")
-OVERLAYS = ("cpu", "gpu", "cpu-full", "monitoring", *ENVIRONMENTS)
-SERVICE_OVERLAYS = ("cpu", "gpu", "cpu-full", *ENVIRONMENTS)
+OVERLAYS = ("cpu", "gpu", "cpu-full", "monitoring", "istio", "tracing", *ENVIRONMENTS)
+# The overlays of the service behind the Ingress (istio replaces it with the Istio gateway: tests/test_istio.py).
+SERVICE_OVERLAYS = ("cpu", "gpu", "cpu-full", "tracing", *ENVIRONMENTS)
+# The overlays with the OpenTelemetry collector beside the service (tests/test_tracing_deploy.py checks it).
+TRACING_OVERLAYS = ("tracing",)
 # app.kubernetes.io/instance per overlay: the environments name themselves, the flavours are "translation".
 INSTANCES = {"dev": "translation-dev", "staging": "translation-staging", "prod": "translation-prod"}
 PORT = 9527
 LOGGING_NAMESPACE = "logging"
-# Custom resources kubernetes-validate has no schema for; _check_custom_resource checks them.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 # Endpoints that stay inside the cluster: the probes (kubelet) and /metrics (Prometheus, admitted by the NetworkPolicy).
 INTERNAL_PATHS = {"/healthz", "/readyz", "/metrics"}
+# Requests below the Ingress's Prefix paths that must reach the service: assets, and LibreTranslate's API as its
+# clients call it (a base URL ending in "/" joined with "/translate" doubles the slash; service/libretranslate.py).
+PUBLIC_REQUESTS = (
+    "/static/app.js", "/docs/swagger-ui.css", "/libretranslate/translate", "/libretranslate//translate",
+    "/libretranslate/detect", "/libretranslate/languages",
+)  # fmt: skip
+# ingress-nginx annotations that change what a path matches or where it goes: regular-expression paths (use-regex,
+# and rewrite-target, which implies it: case-insensitive regular expressions for every path of the host, an Exact
+# path then matches as a prefix), a redirect of / (app-root), and nginx configuration of its own (snippets).
+PATH_CHANGING_ANNOTATIONS = {"use-regex", "rewrite-target", "app-root", "configuration-snippet", "server-snippet"}
 # The ingress-nginx controller's Helm values, and the cluster the gpu-based environments run in.
-INGRESS_NGINX_VALUES = K8S / "cluster" / "ingress-nginx-values.yaml"
+INGRESS_NGINX_VALUES = K8S / "cluster" / "addons" / "values" / "ingress-nginx.yaml"
 CLUSTER_CONFIG = K8S / "cluster" / "cluster.yaml"
 # The environments that run in k8s/cluster/cluster.yaml, whose pod network is known (the VPC).
 EKS_ENVIRONMENTS = ("staging", "prod")
@@ -70,7 +81,7 @@ EKS_ENVIRONMENTS = ("staging", "prod")
 COMMON_POD_CIDR = "10.244.0.0/16"
 # Objects of other projects we deploy carry their own version (the recommended labels' convention for a
 # dependency): app.kubernetes.io/name -> the container whose image tag it must agree with.
-THIRD_PARTY = {"redis": "redis", "fluent-bit": "fluent-bit"}
+THIRD_PARTY = {"redis": "redis", "fluent-bit": "fluent-bit", "opentelemetry-collector": "otel-collector"}
 
 
 # --- rendering and schema validation -------------------------------------------------------------
@@ -82,43 +93,34 @@ def test_every_overlay_directory_is_tested():
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_and_validates_strictly(overlay):
-    from kubernetes_validate import utils as kv
-
+    """Every object, custom resources included (against k8s/schemas: scripts/validate_manifests.py)."""
     docs = render(overlay)
     assert docs, f"k8s/overlays/{overlay} renders nothing"
     for doc in docs:
-        what = f"{overlay}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
-        if (doc.get("apiVersion"), doc.get("kind")) in CUSTOM_KINDS:
-            with pytest.raises(kv.SchemaNotFoundError):  # if it ever ships CRD schemas, validate them too
-                kv.validate(doc, KUBERNETES_VERSION, strict=True)
-            _check_custom_resource(doc, docs)
-            continue
-        validate_strictly(doc, what)
+        validate_strictly(doc, f"{overlay}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}")
 
 
-def _check_custom_resource(doc: dict, docs) -> None:
-    metadata = doc.get("metadata", {})
-    assert metadata.get("name") and metadata.get("namespace") == NAMESPACE
-    assert set(doc) <= {"apiVersion", "kind", "metadata", "spec"}
-    spec = doc["spec"]
-    if doc["kind"] == "ServiceMonitor":
-        assert set(spec) <= {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels", "podTargetLabels"}
-        assert spec["endpoints"], "a ServiceMonitor needs endpoints"
-        for endpoint in spec["endpoints"]:
-            assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels", "relabelings", "metricRelabelings"}
-            assert endpoint["path"] == "/metrics"
-            assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
-        services = [d for d in docs if d["kind"] == "Service" and selects(spec["selector"], d["metadata"].get("labels", {}))]
-        if any(d["kind"] == "Deployment" for d in docs):  # rendered next to the service: it must find it
-            assert services, "the ServiceMonitor selects no Service"
-            for endpoint in spec["endpoints"]:
-                assert all(endpoint["port"] in {p.get("name") for p in s["spec"]["ports"]} for s in services)
-    else:  # PrometheusRule; tests/test_monitoring.py checks the rules themselves with promtool
-        assert set(spec) == {"groups"}
-        for group in spec["groups"]:
-            assert group["name"] and group["rules"]
-            for rule in group["rules"]:
-                assert ("alert" in rule) != ("record" in rule) and isinstance(rule["expr"], str)
+def test_monitoring_resources_find_what_they_watch():
+    """What the CRD schemas can't say: each ServiceMonitor scrapes /metrics on a port of the Service it selects
+    (where it is rendered next to the service), and each rule is an alert or a recording rule, not both;
+    tests/test_monitoring.py checks the rules themselves with promtool."""
+    monitors = 0
+    for overlay in OVERLAYS:
+        docs = render(overlay)
+        for monitor in (d for d in docs if d["kind"] == "ServiceMonitor"):
+            monitors += 1
+            spec = monitor["spec"]
+            assert monitor["metadata"]["namespace"] == NAMESPACE and spec["endpoints"], overlay
+            assert all(endpoint["path"] == "/metrics" for endpoint in spec["endpoints"]), overlay
+            services = [d for d in docs if d["kind"] == "Service" and selects(spec["selector"], d["metadata"].get("labels", {}))]
+            if any(d["kind"] == "Deployment" for d in docs):  # rendered next to the service: it must find it
+                assert services, f"{overlay}: the ServiceMonitor selects no Service"
+                for endpoint in spec["endpoints"]:
+                    assert all(endpoint["port"] in {p.get("name") for p in s["spec"]["ports"]} for s in services), overlay
+        for rules in (d for d in docs if d["kind"] == "PrometheusRule"):
+            for group in rules["spec"]["groups"]:
+                assert all(("alert" in rule) != ("record" in rule) for rule in group["rules"]), f"{overlay}: {group['name']}"
+    assert monitors, "no overlay renders a ServiceMonitor"
 
 
 # --- policies of the translation deployment -----------------------------------------------------
@@ -305,7 +307,9 @@ def test_network_policy(overlay):
     assert sources == {"ingress-nginx", "monitoring"}
     assert all(set(peer) == {"namespaceSelector"} for peer in ingress["from"])
     egress_ports = sorted((p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"])
-    assert egress_ports == [("TCP", 53), ("TCP", 6379), ("UDP", 53)], "DNS and Redis only"
+    # The collector's OTLP ports where it runs beside the service (test_tracing_deploy.py checks the rule's peers).
+    otlp = [("TCP", 4317), ("TCP", 4318)] if overlay in TRACING_OVERLAYS else []
+    assert egress_ports == sorted([("TCP", 53), ("TCP", 6379), ("UDP", 53), *otlp]), "DNS, Redis (and the collector) only"
     assert all(rule.get("to") for rule in policy["egress"]), "no egress rule may allow every destination"
 
 
@@ -318,9 +322,11 @@ def test_ingress_matches_the_service_limits(overlay):
     assert ingress["spec"]["ingressClassName"] == "nginx"
     assert quantity(annotations["nginx.ingress.kubernetes.io/proxy-body-size"].replace("m", "Mi")) == int(env["MT_MAX_BODY_BYTES"])
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) <= float(env["MT_DRAIN_SECONDS"])
+    assert not {key.rsplit("/", 1)[1] for key in annotations if key.startswith("nginx.ingress.kubernetes.io/")} & PATH_CHANGING_ANNOTATIONS
     paths = {p["path"]: p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]}
     assert "/translation" in paths
-    assert not {"/metrics", "/healthz", "/readyz", "/"} & set(paths), "only the API is public"
+    assert not INTERNAL_PATHS & set(paths), "the probes and the metrics stay inside"
+    assert paths["/"]["pathType"] == "Exact", "the web page only: a Prefix / would route everything, /metrics too"
     for path in paths.values():
         assert path["backend"]["service"] == {"name": "translation", "port": {"name": "http"}}
 
@@ -332,16 +338,36 @@ def _public_paths() -> set[str]:
     return paths - INTERNAL_PATHS
 
 
+def _ingress_matches(path: dict, request: str) -> bool:
+    """The Ingress API's matching (networking.k8s.io/v1 HTTPIngressPath): Exact, the whole path as it is; Prefix,
+    whole path elements split by "/" (a trailing "/" ignored: /static/ matches /static and /static/app.js, not
+    /staticx)."""
+    if path["pathType"] == "Exact":
+        return request == path["path"]
+    assert path["pathType"] == "Prefix", path
+    prefix = [element for element in path["path"].split("/") if element]
+    return [element for element in request.split("/") if element][: len(prefix)] == prefix
+
+
 @pytest.mark.parametrize("overlay", SERVICE_OVERLAYS)
 def test_ingress_routes_every_public_endpoint_and_nothing_internal(overlay):
     ingress = one(render(overlay), "Ingress", "translation")
     paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
-    routed = {p["path"] for p in paths}
-    assert routed == _public_paths(), "route every public endpoint (or add it to INTERNAL_PATHS), and only those"
-    assert {"/translation", "/detect", "/languages", "/openapi.json"} <= routed
-    # Exact: a Prefix path would also route what lies under it, and a catch-all would reach /metrics.
-    assert all(p["pathType"] == "Exact" for p in paths)
-    assert "defaultBackend" not in ingress["spec"] and not routed & INTERNAL_PATHS
+    exact = {p["path"] for p in paths if p["pathType"] == "Exact"}
+    prefix = {p["path"] for p in paths if p["pathType"] == "Prefix"}
+    assert len(exact) + len(prefix) == len(paths), "Exact or Prefix, each path once (ImplementationSpecific is ingress-nginx's regex)"
+    # Every path the service documents, each Exact, / included: a Prefix / would be a catch-all that reaches /metrics.
+    assert exact == _public_paths(), "route every public endpoint (or add it to INTERNAL_PATHS), and only those"
+    assert {"/translation", "/detect", "/languages", "/openapi.json", "/"} <= exact
+    # Prefix only where everything below is public: the assets, LibreTranslate's API.
+    assert prefix == set(public_prefixes()), "a Prefix path only for the prefixes of tests/k8s_helpers.py's public_prefixes"
+    assert "/" not in prefix and "defaultBackend" not in ingress["spec"]
+    for request in PUBLIC_REQUESTS:
+        assert any(_ingress_matches(p, request) for p in paths), f"{request} is not routed"
+    for internal in INTERNAL_PATHS:
+        for request in (internal, f"{internal}/", f"{internal}/x"):
+            routed = [p["path"] for p in paths if _ingress_matches(p, request)]
+            assert not routed, f"{request} is routed by {routed}"
 
 
 def _cluster() -> dict:
@@ -369,7 +395,7 @@ def test_the_service_sees_the_real_client_behind_the_ingress(overlay):
     assert any(pod_network.subnet_of(network) for network in networks)
     proxies = TrustedProxies(trusted)
     controller_pod, client = str(pod_network.network_address + 1234), "203.0.113.7"
-    # What ingress-nginx sends with k8s/cluster/ingress-nginx-values.yaml: the address it saw, nothing else.
+    # What ingress-nginx sends with k8s/cluster/addons/values/ingress-nginx.yaml: the address it saw, nothing else.
     assert proxies.caller(controller_pod, client.encode()) == Caller(client, proxied=True)
     # Had it appended to the client's header instead (compute-full-forwarded-for), a forged entry is ignored.
     assert proxies.caller(controller_pod, f"198.51.100.1, {client}".encode()) == Caller(client, proxied=True)
@@ -525,6 +551,7 @@ SELECTORS = {
     ("Deployment", "translation"): {"app.kubernetes.io/name": "translation", "app.kubernetes.io/component": "server"},
     ("Deployment", "redis"): {"app.kubernetes.io/name": "redis", "app.kubernetes.io/component": "cache"},
     ("DaemonSet", "fluent-bit"): {"app.kubernetes.io/name": "fluent-bit", "app.kubernetes.io/component": "logging"},
+    ("Deployment", "otel-collector"): {"app.kubernetes.io/name": "opentelemetry-collector", "app.kubernetes.io/component": "tracing"},
 }
 
 
@@ -734,8 +761,7 @@ def test_log_backend_is_switched_by_a_component(backend, tmp_path):
         }))
         docs = render_dir(tmp_path)
     for doc in docs:
-        if (doc.get("apiVersion"), doc.get("kind")) not in CUSTOM_KINDS:
-            validate_strictly(doc, f"prod + {backend}: {doc['kind']}/{doc['metadata']['name']}")
+        validate_strictly(doc, f"prod + {backend}: {doc['kind']}/{doc['metadata']['name']}")
     _, _, output = _pipeline(docs)
     (sink,) = output["outputs"]
     assert sink["name"] == {"cloudwatch": "cloudwatch_logs", "loki": "loki", "elasticsearch": "es"}[backend]

@@ -87,6 +87,7 @@ class ServerProcess:
     port: int = 0
     process: subprocess.Popen | None = None
     cold_start_s: float = float("nan")  # process start -> first /readyz 200
+    cwd: Path | None = None  # where `python -m MODULE` runs (and so which tree's MODULE it imports); None: this one
     # Environment every server of this kind gets, under `env` (subclasses set it; not shown by describe()).
     base_env: ClassVar[dict[str, str]] = {}
 
@@ -120,7 +121,7 @@ class ServerProcess:
         started = time.perf_counter()
         with open(self.log_path, "wb") if self.log_path else contextlib.nullcontext(subprocess.DEVNULL) as log:
             # The child has its own copy of the file: ours is closed once it has started.
-            self.process = subprocess.Popen(self.command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command, cwd=self.cwd or ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(self._ready, timeout=timeout, what=f"{self.module} ready on {self.url}/readyz")
         except TimeoutError as error:

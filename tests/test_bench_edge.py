@@ -42,7 +42,7 @@ def test_wrk_output_is_read_with_units():
 def test_quick_edge_benchmark_measures_both_servers_and_the_overload(tmp_path):
     output = tmp_path / "edge.md"
     result = subprocess.run(
-        [sys.executable, "-m", "loadtest.edge", "--quick", "--output", str(output)],
+        [sys.executable, "-m", "loadtest.edge", "--quick", "--output", str(output), "--baseline", "HEAD"],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -60,7 +60,16 @@ def test_quick_edge_benchmark_measures_both_servers_and_the_overload(tmp_path):
     assert overload["overload_requests_per_s"] > overload["overload_good_per_s"]  # refusals happened
     assert overload["probe"]["refused"] >= 1 and math.isfinite(overload["probe"]["refused_p50_ms"])
     assert overload["rss_before_mib"] > 0 and len(overload["rss_again_mib"]) == 1 and overload["rss_again_mib"][0] > 0
+    # The same load on the service with tracing on (spans exported to a sink) and on a worktree of HEAD.
+    (traced,), (at_head,) = results["traced"], results["baselines"]["HEAD"]
+    for row in (traced, at_head):
+        assert row["non_2xx"] == 0 and 0 < row["engine_us_per_request"] < row["cpu_us_per_request"]
+    assert not (ROOT / "reports" / "bench-edge-quick" / "trees" / "HEAD").exists()  # the worktree was removed
+    traced_log = (ROOT / "reports" / "bench-edge-quick" / "service-traced.log").read_text()
+    assert "tracing: on, exporting spans with otlp" in traced_log
     report = output.read_text()
-    for heading in ("## Key figures", "## 1. CPU per request", "## 2. Overload", "## Machine"):
+    assert "| this service, tracing on (OTLP/HTTP to a local sink, every request sampled) |" in report
+    assert "| the service at HEAD (a git worktree of it) |" in report
+    for heading in ("## Key figures", "## 1. CPU per request", "## 1b. What tracing costs", "## 2. Overload", "## Machine"):
         assert heading in report
     assert f"**{results['ratio']:.2f}×**" in report

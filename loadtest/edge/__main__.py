@@ -5,6 +5,9 @@
              uvicorn, h11 + asyncio) under the same wrk load, alternately, `rounds` times. CPU per request
              comes from /proc (utime + stime); for the service, the engine's own threads are subtracted
              (translation_engine_cpu_seconds_total), leaving what the edge and the pipeline cost.
+   Beside them, in the same rounds: the service with tracing on (OTLP over HTTP to a local sink, every
+             request sampled), and the service of each `--baseline` git revision (a worktree of it), so that
+             what a change costs per request is measured side by side on the same load.
 2. overload  The service with a queue of 512 sentences: good requests/s with `capacity_connections`
              clients, then with `overload_connections` clients that retry at once after a 429, while a
              probe client times single requests; RSS before and after.
@@ -15,13 +18,18 @@ Figures go to stdout, `<work-dir>/results.json` and a Markdown report (default d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
+import http.server
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -52,6 +60,8 @@ class EdgeConfig:
     overload_connections: int = 2000
     probe_requests: int = 300  # at most; the probe stops with the overload run
     repeat_floods: int = 4  # further floods, to tell an allocator's high-water mark from a leak
+    tracing: bool = True  # also measure the service with tracing on
+    baselines: tuple[str, ...] = ()  # git revisions whose service is measured beside this one
     command: str = "make bench-edge"
 
     @classmethod
@@ -87,6 +97,8 @@ class Results:
     service: list[CpuRow] = field(default_factory=list)
     # The same reference app on the service's server stack: how much of the service's cost is the server's.
     reference_fast: list[CpuRow] = field(default_factory=list)
+    traced: list[CpuRow] = field(default_factory=list)  # the service with tracing on
+    baselines: dict[str, list[CpuRow]] = field(default_factory=dict)  # revision -> its service's rounds
     overload: dict = field(default_factory=dict)
 
     @property
@@ -211,18 +223,79 @@ def run(config: EdgeConfig) -> Results:
     reference = _reference("asyncio", "h11", config.work_dir / "reference.log")
     reference_fast = _reference("uvloop", "httptools", config.work_dir / "reference-fast.log")
     # Production logging (one JSON line per request) stays on: it is part of what a request costs.
-    service = Service.ct2(config.model_dir, {"MT_CACHE_SIZE": "0", "MT_LOG_LEVEL": "info", "MT_CLIENT_MAX_SENTENCES": "100000"},
-                          config.work_dir / "service.log")
-    with reference, reference_fast, service:
+    service_env = {"MT_CACHE_SIZE": "0", "MT_LOG_LEVEL": "info", "MT_CLIENT_MAX_SENTENCES": "100000"}
+    service = Service.ct2(config.model_dir, service_env, config.work_dir / "service.log")
+    with contextlib.ExitStack() as stack:
+        for server in (reference, reference_fast, service):
+            stack.enter_context(server)
+        traced = None
+        if config.tracing:
+            sink = stack.enter_context(_otlp_sink())
+            tracing_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_SERVICE_NAME": "bench-edge"}
+            traced = stack.enter_context(Service.ct2(config.model_dir, {**service_env, **tracing_env}, config.work_dir / "service-traced.log"))
+        baselines = {}
+        for revision in config.baselines:
+            tree = stack.enter_context(_worktree(revision, config.work_dir / "trees"))
+            baseline = Service.ct2(config.model_dir, service_env, config.work_dir / f"service-{revision}.log")
+            baseline.cwd = tree
+            baselines[revision] = stack.enter_context(baseline)
+            results.baselines[revision] = []
         for round_ in range(config.rounds):
             log(f"edge, round {round_ + 1} of {config.rounds}")
             results.reference.append(measure(reference, script, config, label="reference", engine=False))
             results.service.append(measure(service, script, config, label="service", engine=True))
             results.reference_fast.append(measure(reference_fast, script, config, label="reference on uvloop + httptools", engine=False))
+            if traced is not None:
+                results.traced.append(measure(traced, script, config, label="service, tracing on", engine=True))
+            for revision, server in baselines.items():
+                results.baselines[revision].append(measure(server, script, config, label=f"service at {revision}", engine=True))
     log(f"edge ratio: {results.ratio:.2f} (service CPU outside the engine / reference CPU, medians)")
     results.overload = overload(config, script, json.dumps(bodies[0]).encode())
     (config.work_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
     return results
+
+
+@contextlib.contextmanager
+def _otlp_sink() -> Iterator[str]:
+    """An OTLP/HTTP endpoint that takes every export and keeps nothing (an empty ExportTraceServiceResponse is
+    zero bytes of protobuf): what the service spends on its spans, not a collector, is what is measured."""
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def _worktree(revision: str, parent: Path) -> Iterator[Path]:
+    """A detached git worktree of `revision` (its service is started from there), removed afterwards."""
+    tree = parent / revision.replace("/", "_")
+    if tree.exists():
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False, capture_output=True)
+        shutil.rmtree(tree, ignore_errors=True)
+    parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), revision], cwd=ROOT, check=True, capture_output=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False, capture_output=True)
 
 
 def _reference(loop: str, http: str, log_path: Path) -> Service:
@@ -259,10 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="length of each timed wrk run")
     parser.add_argument("--rounds", type=int, help="alternating reference/service rounds")
     parser.add_argument("--overload-connections", type=int, help="clients in the overload run")
+    parser.add_argument("--no-tracing", action="store_true", help="skip the service with tracing on")
+    parser.add_argument("--baseline", action="append", default=[], metavar="REVISION",
+                        help="also measure the service of this git revision (a worktree), side by side; repeatable")
     args = parser.parse_args(argv)
     config = EdgeConfig.quick() if args.quick else EdgeConfig()
     overrides = {"output": args.output, "seconds": args.seconds, "rounds": args.rounds,
-                 "overload_connections": args.overload_connections}
+                 "overload_connections": args.overload_connections, "tracing": False if args.no_tracing else None,
+                 "baselines": tuple(args.baseline) or None}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     try:
         results = run(config)

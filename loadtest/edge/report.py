@@ -13,6 +13,36 @@ TARGET_RATIO = 2.0
 TARGET_OVERLOAD = 0.7
 
 
+def _variants(results: Results) -> list[str]:
+    """Section 1b: tracing on, and earlier revisions, against the service measured in the same rounds."""
+    if not results.traced and not results.baselines:
+        return []
+    this = statistics.median(r.edge_us_per_request for r in results.service)
+    rows: list[tuple[str, list]] = []
+    if results.traced:
+        rows.append(("this service, tracing on (OTLP/HTTP to a local sink, every request sampled)", results.traced))
+    rows += [(f"the service at {revision} (a git worktree of it)", rounds) for revision, rounds in results.baselines.items()]
+    lines = [
+        "## 1b. What tracing costs, and earlier versions",
+        "",
+        "The same load, in the same rounds as section 1, on more services: this one with tracing on, and the service of "
+        "each `--baseline` revision. CPU outside the engine per request, each round and the median, and the difference "
+        f"from this service with tracing off ({this:.0f} µs, the median above).",
+        "",
+        "| service | rounds, µs outside the engine / request | median | difference | requests/s (median) |",
+        "|---|---|---|---|---|",
+        f"| this service, tracing off | {', '.join(f'{r.edge_us_per_request:.0f}' for r in results.service)} | {this:.0f} | – | "
+        f"{statistics.median(r.requests_per_s for r in results.service):,.0f} |",
+    ]
+    for label, rounds in rows:
+        median = statistics.median(r.edge_us_per_request for r in rounds)
+        lines.append(
+            f"| {label} | {', '.join(f'{r.edge_us_per_request:.0f}' for r in rounds)} | {median:.0f} | {median - this:+.0f} µs "
+            f"({median / this - 1:+.0%}) | {statistics.median(r.requests_per_s for r in rounds):,.0f} |"
+        )
+    return [*lines, ""]
+
+
 def render(results: Results, config: EdgeConfig) -> str:
     m = results.machine
     summary = f"{m['cpu']}, {m['usable_cores']} cores, {m['memory_gib']} GiB"
@@ -76,6 +106,7 @@ def render(results: Results, config: EdgeConfig) -> str:
         "tokenizing, batching, detokenizing, metrics, the request log). The design and the choices behind these "
         "figures: [edge.md](edge.md).",
         "",
+        *_variants(results),
         "## 2. Overload",
         "",
         f"The service with `MT_MAX_QUEUE={over['queue']}` (and so at most {over['queue']} requests in flight). "

@@ -61,14 +61,16 @@ def test_quick_edge_benchmark_measures_both_servers_and_the_overload(tmp_path):
     assert overload["probe"]["refused"] >= 1 and math.isfinite(overload["probe"]["refused_p50_ms"])
     assert overload["rss_before_mib"] > 0 and len(overload["rss_again_mib"]) == 1 and overload["rss_again_mib"][0] > 0
     # The same load on the service with tracing on (spans exported to a sink) and on a worktree of HEAD.
-    (traced,), (at_head,) = results["traced"], results["baselines"]["HEAD"]
-    for row in (traced, at_head):
+    assert set(results["traced"]) == {"1", "0.1"}
+    (traced,), (sampled,), (at_head,) = results["traced"]["1"], results["traced"]["0.1"], results["baselines"]["HEAD"]
+    for row in (traced, sampled, at_head):
         assert row["non_2xx"] == 0 and 0 < row["engine_us_per_request"] < row["cpu_us_per_request"]
     assert not (ROOT / "reports" / "bench-edge-quick" / "trees" / "HEAD").exists()  # the worktree was removed
-    traced_log = (ROOT / "reports" / "bench-edge-quick" / "service-traced.log").read_text()
+    traced_log = (ROOT / "reports" / "bench-edge-quick" / "service-traced-1.log").read_text()
     assert "tracing: on, exporting spans with otlp" in traced_log
     report = output.read_text()
     assert "| this service, tracing on (OTLP/HTTP to a local sink, every request sampled) |" in report
+    assert "| this service, tracing on (OTLP/HTTP to a local sink, 10% of requests sampled) |" in report
     assert "| the service at HEAD (a git worktree of it) |" in report
     for heading in ("## Key figures", "## 1. CPU per request", "## 1b. What tracing costs", "## 2. Overload", "## Machine"):
         assert heading in report

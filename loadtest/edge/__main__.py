@@ -6,7 +6,7 @@
              comes from /proc (utime + stime); for the service, the engine's own threads are subtracted
              (translation_engine_cpu_seconds_total), leaving what the edge and the pipeline cost.
    Beside them, in the same rounds: the service with tracing on (OTLP over HTTP to a local sink, every
-             request sampled), and the service of each `--baseline` git revision (a worktree of it), so that
+             request sampled, then one in ten), and the service of each `--baseline` git revision (a worktree of it), so that
              what a change costs per request is measured side by side on the same load.
 2. overload  The service with a queue of 512 sentences: good requests/s with `capacity_connections`
              clients, then with `overload_connections` clients that retry at once after a 429, while a
@@ -60,7 +60,7 @@ class EdgeConfig:
     overload_connections: int = 2000
     probe_requests: int = 300  # at most; the probe stops with the overload run
     repeat_floods: int = 4  # further floods, to tell an allocator's high-water mark from a leak
-    tracing: bool = True  # also measure the service with tracing on
+    tracing_ratios: tuple[float, ...] = (1.0, 0.1)  # also measure the service with tracing on, sampling these shares
     baselines: tuple[str, ...] = ()  # git revisions whose service is measured beside this one
     command: str = "make bench-edge"
 
@@ -97,7 +97,7 @@ class Results:
     service: list[CpuRow] = field(default_factory=list)
     # The same reference app on the service's server stack: how much of the service's cost is the server's.
     reference_fast: list[CpuRow] = field(default_factory=list)
-    traced: list[CpuRow] = field(default_factory=list)  # the service with tracing on
+    traced: dict[str, list[CpuRow]] = field(default_factory=dict)  # sampled share -> the service with tracing on
     baselines: dict[str, list[CpuRow]] = field(default_factory=dict)  # revision -> its service's rounds
     overload: dict = field(default_factory=dict)
 
@@ -228,11 +228,16 @@ def run(config: EdgeConfig) -> Results:
     with contextlib.ExitStack() as stack:
         for server in (reference, reference_fast, service):
             stack.enter_context(server)
-        traced = None
-        if config.tracing:
+        traced = {}
+        if config.tracing_ratios:
             sink = stack.enter_context(_otlp_sink())
-            tracing_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_SERVICE_NAME": "bench-edge"}
-            traced = stack.enter_context(Service.ct2(config.model_dir, {**service_env, **tracing_env}, config.work_dir / "service-traced.log"))
+        for ratio in config.tracing_ratios:
+            # Parent-based: a caller's sampled flag wins; wrk sends no traceparent, so the ratio decides.
+            tracing_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_SERVICE_NAME": "bench-edge",
+                           "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": f"{ratio:g}"}
+            log_path = config.work_dir / f"service-traced-{ratio:g}.log"
+            traced[f"{ratio:g}"] = stack.enter_context(Service.ct2(config.model_dir, {**service_env, **tracing_env}, log_path))
+            results.traced[f"{ratio:g}"] = []
         baselines = {}
         for revision in config.baselines:
             tree = stack.enter_context(_worktree(revision, config.work_dir / "trees"))
@@ -245,8 +250,9 @@ def run(config: EdgeConfig) -> Results:
             results.reference.append(measure(reference, script, config, label="reference", engine=False))
             results.service.append(measure(service, script, config, label="service", engine=True))
             results.reference_fast.append(measure(reference_fast, script, config, label="reference on uvloop + httptools", engine=False))
-            if traced is not None:
-                results.traced.append(measure(traced, script, config, label="service, tracing on", engine=True))
+            for ratio, server in traced.items():
+                label = f"service, tracing on, {float(ratio):.0%} sampled"
+                results.traced[ratio].append(measure(server, script, config, label=label, engine=True))
             for revision, server in baselines.items():
                 results.baselines[revision].append(measure(server, script, config, label=f"service at {revision}", engine=True))
     log(f"edge ratio: {results.ratio:.2f} (service CPU outside the engine / reference CPU, medians)")
@@ -332,13 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="length of each timed wrk run")
     parser.add_argument("--rounds", type=int, help="alternating reference/service rounds")
     parser.add_argument("--overload-connections", type=int, help="clients in the overload run")
-    parser.add_argument("--no-tracing", action="store_true", help="skip the service with tracing on")
+    parser.add_argument("--no-tracing", action="store_true", help="skip the services with tracing on")
     parser.add_argument("--baseline", action="append", default=[], metavar="REVISION",
                         help="also measure the service of this git revision (a worktree), side by side; repeatable")
     args = parser.parse_args(argv)
     config = EdgeConfig.quick() if args.quick else EdgeConfig()
     overrides = {"output": args.output, "seconds": args.seconds, "rounds": args.rounds,
-                 "overload_connections": args.overload_connections, "tracing": False if args.no_tracing else None,
+                 "overload_connections": args.overload_connections, "tracing_ratios": () if args.no_tracing else None,
                  "baselines": tuple(args.baseline) or None}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     try:

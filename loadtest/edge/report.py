@@ -19,8 +19,9 @@ def _variants(results: Results) -> list[str]:
         return []
     this = statistics.median(r.edge_us_per_request for r in results.service)
     rows: list[tuple[str, list]] = []
-    if results.traced:
-        rows.append(("this service, tracing on (OTLP/HTTP to a local sink, every request sampled)", results.traced))
+    for ratio, rounds in results.traced.items():
+        sampled = "every request sampled" if float(ratio) == 1 else f"{float(ratio):.0%} of requests sampled"
+        rows.append((f"this service, tracing on (OTLP/HTTP to a local sink, {sampled})", rounds))
     rows += [(f"the service at {revision} (a git worktree of it)", rounds) for revision, rounds in results.baselines.items()]
     lines = [
         "## 1b. What tracing costs, and earlier versions",

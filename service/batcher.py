@@ -85,6 +85,7 @@ class _Entry(Generic[Item, Result]):
     queue: deque | None = None  # the request queue it waits in; None once taken or withdrawn
     place: tuple[Hashable, Hashable] = (None, None)  # (client, request) of that queue
     tags: list | None = None  # the submitters' tags, when they gave one
+    short: bool = False  # from a short request (interactive): see Batcher.submit
 
 
 class _Flow:
@@ -203,6 +204,7 @@ class Batcher(Generic[Item, Result]):
         headroom: int = 0,
         new_request: bool = True,
         tag: object = None,
+        short: bool = False,
     ) -> list[Outcome[Result]]:
         """Queues all items (all or none), waits for their results in order.
 
@@ -210,11 +212,13 @@ class Batcher(Generic[Item, Result]):
         across a client's requests); a request left None is this call alone. `headroom`: the items are
         queued only if that much room is left after them (a long request's later windows leave room for
         new requests); `new_request`: these are the request's first items (a later window says False); `tag`: any
-        value the batch hook should see for every batch these items run in (BatchStats.tags).
+        value the batch hook should see for every batch these items run in (BatchStats.tags); `short`: these items
+        are a whole short request (an interactive one): a batch that starts with short items takes only short
+        items, so the request runs at once in a small batch instead of in one filled with documents' sentences.
         Raises QueueFull or BatcherClosed before queueing anything, or the batch call's exception.
         Cancelling the caller withdraws its interest: items nobody waits for are not computed.
         """
-        entries = self._enqueue(items, client, object() if request is None else request, headroom, new_request, tag)
+        entries = self._enqueue(items, client, object() if request is None else request, headroom, new_request, tag, short)
         try:
             # shield: one caller leaving must not cancel a result that others share.
             if len(entries) == 1:  # the common case, without gather's extra future
@@ -254,6 +258,7 @@ class Batcher(Generic[Item, Result]):
         headroom: int = 0,
         new_request: bool = True,
         tag: object = None,
+        short: bool = False,
     ) -> list[_Entry]:
         keyed = [(self._key(item), item) for item in items]
         loop = self._loop or asyncio.get_running_loop()
@@ -280,7 +285,7 @@ class Batcher(Generic[Item, Result]):
                             # long request's later windows join the rotation.
                             queue = deque()
                             (flow.fresh if new_request else flow.requests)[request] = queue
-                    entry = _Entry(item=item, key=key, cost=self._cost(item), future=loop.create_future(), waiters=0)
+                    entry = _Entry(item=item, key=key, cost=self._cost(item), future=loop.create_future(), waiters=0, short=short)
                     entry.queue, entry.place = queue, (client, request)
                     self._by_key[key] = entry
                     queue.append(entry)
@@ -324,6 +329,7 @@ class Batcher(Generic[Item, Result]):
             batch: list[_Entry] = []
             expired: list[_Entry] = []
             cost = 0
+            short_only = False  # the batch began with a short request's items: it takes no others
             expired_before = time.perf_counter() - self._queue_timeout if self._queue_timeout > 0 else float("-inf")
             while self._turns and len(batch) < self._max_batch_size:
                 served, turn, client = self._turns[0]
@@ -336,8 +342,8 @@ class Batcher(Generic[Item, Result]):
                 entry = queue[0]
                 abandoned = entry.waiters <= 0  # every caller left: dropped, never computed
                 late = not abandoned and entry.enqueued_at < expired_before
-                if not (abandoned or late) and batch and cost + entry.cost > self._max_batch_cost:
-                    break  # the batch is full by cost; this client stays first in line
+                if not (abandoned or late) and batch and (cost + entry.cost > self._max_batch_cost or short_only and not entry.short):
+                    break  # the batch is full by cost, or short and this is not; this client stays first in line
                 heapq.heappop(self._turns)
                 queue.popleft()
                 entry.queue = None
@@ -349,6 +355,7 @@ class Batcher(Generic[Item, Result]):
                 else:
                     self._virtual_time = flow.served
                     flow.served += entry.cost
+                    short_only = short_only or (not batch and entry.short)
                     batch.append(entry)
                     cost += entry.cost
                 if fresh:

@@ -82,6 +82,9 @@ async def feed(
     # A long request's later windows leave a quarter of the queue free: new requests, interactive ones
     # first among them, are admitted beside it instead of finding the queue full of its windows.
     headroom = batcher.max_queue // 4
+    # A request of less than half a window is short (interactive): the batcher runs it in a batch of short requests
+    # only, as soon as a worker frees, instead of in one filled with documents' sentences (one batch's wait, not two).
+    short = fair and len(wanted) < half
 
     async def finish(owners: list[int], jobs: list[Job], task: asyncio.Task, queued_at: int) -> None:
         outcomes: list[Outcome[Translation]] = await _engine_call(task)
@@ -98,7 +101,7 @@ async def feed(
         work.input_tokens += sum(len(job.source) for job in jobs)
         later = bool(sent)
         sent.append(True)
-        submitting = _submit(batcher, jobs, client, request, later=later, headroom=headroom, patience=patience, tag=tag)
+        submitting = _submit(batcher, jobs, client, request, later=later, headroom=headroom, patience=patience, tag=tag, short=short)
         in_flight.append((owners, jobs, asyncio.ensure_future(submitting), time.time_ns() if tag is not None else 0))
 
     try:
@@ -137,6 +140,7 @@ async def _submit(
     headroom: int,
     patience: float,
     tag: object = None,
+    short: bool = False,
 ) -> list[Outcome[Translation]]:
     """Queues a window once there is room for it (and `headroom` beside it). Admission saw room for the first
     window a moment ago, but other requests may have taken it meanwhile: it waits rather than being refused
@@ -144,7 +148,10 @@ async def _submit(
     deadline = time.monotonic() + patience if patience > 0 else float("inf")
     while True:
         try:
-            return await batcher.submit(jobs, client=client, request=request, headroom=headroom if later else 0, new_request=not later, tag=tag)
+            return await batcher.submit(
+                jobs, client=client, request=request, headroom=headroom if later else 0, new_request=not later, tag=tag,
+                short=short,
+            )
         except QueueFull:
             if time.monotonic() > deadline:
                 raise QueueTimeout(f"waited over {patience:g}s for room in the queue") from None

@@ -130,10 +130,15 @@ class Pipeline:
         """Each text's language (POST /detect); CPU work: callers run large requests in a thread."""
         if self._detector is None:
             raise RuntimeError("language detection is not loaded")
-        with self._tracing.span("detect language", texts=len(texts)) if self._tracing else NO_SPAN:
+        tracing = self._tracing if self._traced() is not None else None
+        with tracing.span("detect language", texts=len(texts)) if tracing else NO_SPAN:
             detections = [self._detector.detect(text) for text in texts]
         self._metrics.count_detections(detections)
         return detections
+
+    def _traced(self) -> object | None:
+        """The request's span when tracing is on and this request is sampled, else None (its steps are not traced)."""
+        return self._tracing.sampled() if self._tracing is not None else None
 
     def _prepare(self, texts: list[str], from_lang: str, html: bool) -> _Prepared:
         detections = None
@@ -183,7 +188,8 @@ class Pipeline:
         main_slot = f"{to_lang}|html" if html else to_lang
         slots = [main_slot] + ([f"{to_lang}|alt{alternatives}"] if alternatives else [])
         keys = [(lang, slot, sentence) for slot in slots for lang, sentence in unique]
-        tracing = self._tracing
+        request_span = self._traced()
+        tracing = self._tracing if request_span is not None else None
         with tracing.span("cache lookup", keys=len(keys)) if tracing else NO_SPAN:
             found = await self._cache.get_many(keys)
         main_found, alt_found = found[: len(unique)], found[len(unique) :]
@@ -195,7 +201,7 @@ class Pipeline:
         chunks, work = await feed(
             self._batcher, self._engine, wanted, to_lang, window=self._window, size=size, client=client, fair=self._fair,
             patience=self._patience,
-            tag=tracing.current() if tracing else None,
+            tag=request_span,
         )
         if tracing:
             for queued_at, jobs, waited, engine_seconds in work.windows:

@@ -12,6 +12,11 @@ The spans of one request: `POST /translation` (server, child of the caller's `tr
 `engine` (the engine calls that served it). An engine batch serves many requests at once, so it is a span
 of its own, `engine batch`, linked to the span of every request it served (OpenTelemetry's model for
 batch work). Queue and engine spans are recorded after the fact with their measured start and end.
+
+Sampling is the SDK's (OTEL_TRACES_SAMPLER, parent-based by default, so a caller's decision is kept), with one
+addition: an engine batch is recorded when any request it served is, whatever the sampler would say of a new
+root, so a sampled request always finds its batch. A request that is not sampled costs its span's start and end
+and nothing more: no child spans, no batch links.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from service import __version__
 log = logging.getLogger("service")
 
 DEFAULT_SERVICE_NAME = "m2m100-translation"
+BATCH_SPAN = "engine batch"
 PROTOCOLS = ("http/protobuf", "grpc")
 EXPORTERS = ("otlp", "console", "none")
 # What a disabled step enters instead of a span: one shared, reusable no-op.
@@ -56,6 +62,7 @@ class Tracing:
     the exporter the environment names. Build it with `from_environment`."""
 
     def __init__(self, provider: Any, exporter_name: str) -> None:
+        """`provider`: an SDK TracerProvider with its span processor, best made by `provider()` (its sampler)."""
         from opentelemetry import context, trace
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -75,15 +82,12 @@ class Tracing:
         exporter_name = _exporter_name(environ)
         if exporter_name == "none":
             return None
-        from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-        from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME; these are only the defaults.
-        resource = Resource.create({SERVICE_NAME: environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME, SERVICE_VERSION: __version__})
-        provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER(_ARG)
-        provider.add_span_processor(BatchSpanProcessor(_exporter(exporter_name, environ)))
-        return cls(provider, exporter_name)
+        exporter = _exporter(exporter_name, environ)
+        traced = provider(environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME)
+        traced.add_span_processor(BatchSpanProcessor(exporter))
+        return cls(traced, exporter_name)
 
     # --- a request's span (the hot paths call these)
     def enter_request(self, method: str, path: str, traceparent: bytes | None, tracestate: bytes | None) -> tuple[Any, Any]:
@@ -120,10 +124,11 @@ class Tracing:
         with self._tracer.start_as_current_span(name, attributes=attributes):
             yield
 
-    def current(self) -> Any:
-        """The current span (the request's), to link an engine batch to the requests it serves. The span, not its
-        context: a SpanContext is not hashable, and the batcher keeps each request's tag once."""
-        return self._trace.get_current_span()
+    def sampled(self) -> Any:
+        """The current span (the request's) if it is recorded, else None: an unsampled request's steps cost nothing.
+        The span serves as the batcher's tag, to link the engine batches to the requests they serve."""
+        span = self._trace.get_current_span()
+        return span if span.is_recording() else None
 
     def record(self, name: str, start_ns: int, end_ns: int, **attributes: Any) -> None:
         """A child of the current span that already happened (a window's time in the queue, in the engine)."""
@@ -136,7 +141,7 @@ class Tracing:
         contexts = (span.get_span_context() for span in served)
         links = [self._trace.Link(context) for context in contexts if context.is_valid]
         span = self._tracer.start_span(
-            "engine batch", context=self._trace.set_span_in_context(self._trace.INVALID_SPAN), links=links,
+            BATCH_SPAN, context=self._trace.set_span_in_context(self._trace.INVALID_SPAN), links=links,
             start_time=end - int(seconds * 1e9),
             attributes={"batch.sentences": size, "batch.source_tokens": tokens, "batch.requests": len(links)},
         )  # fmt: skip
@@ -150,6 +155,36 @@ class Tracing:
             self._provider.shutdown()
         except Exception:
             log.exception("tracing: shutdown failed")
+
+
+def provider(service_name: str = DEFAULT_SERVICE_NAME) -> Any:
+    """An SDK TracerProvider with the resource (OTEL_RESOURCE_ATTRIBUTES added) and the sampler OTEL_TRACES_SAMPLER
+    names, made to record every engine batch that serves a recorded request. No span processor yet."""
+    from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME; these are only the defaults.
+    resource = Resource.create({SERVICE_NAME: service_name, SERVICE_VERSION: __version__})
+    configured = TracerProvider(resource=resource, shutdown_on_exit=False).sampler  # the one OTEL_TRACES_SAMPLER names
+    return TracerProvider(resource=resource, sampler=_batch_follows_its_requests(configured))
+
+
+def _batch_follows_its_requests(inner: Any) -> Any:
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+    class BatchFollowsItsRequests(Sampler):
+        """`inner`, except that an engine batch linked to a sampled request is sampled (it is a new root: a
+        ratio sampler would otherwise drop most batches of the requests it kept)."""
+
+        def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):
+            if name == BATCH_SPAN and links and any(link.context.trace_flags.sampled for link in links):
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+            return inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+        def get_description(self) -> str:
+            return f"BatchFollowsItsRequests{{{inner.get_description()}}}"
+
+    return BatchFollowsItsRequests()
 
 
 def _exporter_name(environ: Mapping[str, str]) -> str:

@@ -425,3 +425,38 @@ async def test_a_worker_error_outside_the_batch_call_fails_its_callers_instead_o
         await asyncio.wait_for(batcher.submit(["x"]), 5)
     assert await values(batcher, ["y"]) == ["Y"]  # the worker went on
     await batcher.close()
+
+
+async def test_a_short_request_runs_in_a_batch_of_short_requests_only_and_documents_still_fill_theirs():
+    run = Recorder()
+    batcher = make(run, max_batch_size=4, max_batch_cost=400, concurrency=1)
+    run.release.clear()
+    document = asyncio.create_task(batcher.submit([f"doc{i:02}" for i in range(12)], client="bulk"))
+    await until(lambda: run.running == 1 and batcher.queue_depth == 8)  # its first batch runs, 8 sentences wait
+    probes = [asyncio.create_task(batcher.submit([name], client=name, short=True)) for name in ("p1", "p2")]
+    await until(lambda: batcher.queue_depth == 10)
+    run.release.set()
+    assert [[o.value for o in await probe] for probe in probes] == [["P1"], ["P2"]]
+    await document
+    # The two short requests run together at once, without the document's sentences (which would make their batch
+    # as slow as a full one); the document's batches still fill.
+    assert run.batches[1] == ["p1", "p2"]
+    assert [len(batch) for batch in run.batches] == [4, 2, 4, 4]
+    await batcher.close()
+
+
+async def test_a_batch_that_began_with_a_document_still_takes_a_short_request():
+    run = Recorder()
+    batcher = make(run, max_batch_size=4, max_batch_cost=400, concurrency=1)
+    run.release.clear()
+    blocker = asyncio.create_task(values(batcher, ["block"]))
+    await until(lambda: run.running == 1)
+    document = asyncio.create_task(batcher.submit([f"doc{i}" for i in range(6)], client="bulk"))
+    await until(lambda: batcher.queue_depth == 6)
+    # The document's client was served first (the blocker's client is new): the probe's client comes next in line.
+    probe = asyncio.create_task(batcher.submit(["probe"], client="probe", short=True))
+    await until(lambda: batcher.queue_depth == 7)
+    run.release.set()
+    await probe, await document, await blocker
+    assert run.batches[1][0] == "doc0" and "probe" in run.batches[1] and len(run.batches[1]) == 4
+    await batcher.close()

@@ -18,14 +18,13 @@ from concurrent import futures
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from loadtest.harness import HOST, free_port
 from loadtest.toy_task import expected_translation
-from service.tracing import Tracing, TracingConfigError, trace_id_of
+from service.tracing import Tracing, TracingConfigError, provider, trace_id_of
 from tests.helpers import ROOT, AppClient, SlowEngine, build_app, until
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -34,10 +33,11 @@ TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 
 
 def memory_tracing() -> tuple[Tracing, InMemorySpanExporter]:
+    """The service's provider (its sampler, from OTEL_TRACES_SAMPLER) with the spans kept in memory."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Tracing(provider, "memory"), exporter
+    traced = provider()
+    traced.add_span_processor(SimpleSpanProcessor(exporter))
+    return Tracing(traced, "memory"), exporter
 
 
 def by_name(spans) -> dict[str, list]:
@@ -160,6 +160,35 @@ async def test_one_engine_batch_is_linked_to_every_request_it_served(toy_model_d
     linked = {link.context.span_id for link in shared[0].links}
     # Three requests, two distinct sentences: the batch is linked to all three.
     assert len(linked) == 3 and linked <= set(servers)
+
+
+async def test_sampled_out_requests_cost_no_child_spans_and_a_sampled_ones_batch_is_always_recorded(toy_model_dir, monkeypatch):
+    # A ratio of 0: a new trace is never sampled; a caller's sampled traceparent still is (parent-based).
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    tracing, exporter = memory_tracing()
+    app = build_app(toy_model_dir, wrap_engine=lambda e: SlowEngine(e, 0.3), tracing=tracing, inter_threads=1)
+    async with AppClient(app) as client:
+        exporter.clear()
+        await client.translate("auto", "fr", ["alpha bravo."])  # not sampled: nothing at all
+        assert exporter.get_finished_spans() == ()
+        # Two requests in one batch, one sampled: the batch (a new root, which the ratio alone would drop) is kept,
+        # linked to the sampled request only.
+        first = asyncio.ensure_future(client.translate("en", "fr", ["juliet kilo."]))
+        await until(lambda: len(client.engine.batches) == 3, 5, "the first batch")  # warm-up, the auto one, it
+        both = await asyncio.gather(
+            client.translate("en", "fr", ["charlie delta."], headers={"traceparent": TRACEPARENT}),
+            client.translate("en", "fr", ["echo foxtrot."]),
+        )
+        await first
+    assert [r.json()["result"][0]["text"] for r in both] == ["delta charlie.", "foxtrot echo."]
+    named = by_name(exporter.get_finished_spans())
+    [server] = named["POST /translation"]
+    assert format(server.context.trace_id, "032x") == TRACE_ID
+    [batch] = named["engine batch"]
+    assert batch.attributes["batch.sentences"] == 2
+    assert [link.context.span_id for link in batch.links] == [server.context.span_id]
+    assert set(named) == {"POST /translation", "cache lookup", "queue", "engine", "engine batch"}
 
 
 async def test_detection_and_cache_hits_have_their_spans_and_a_hit_never_queues(toy_model_dir):

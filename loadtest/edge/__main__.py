@@ -347,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
                  "overload_connections": args.overload_connections, "tracing_ratios": () if args.no_tracing else None,
                  "baselines": tuple(args.baseline) or None}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given and not (given == ["--quick"] or args.quick):  # the report names the command that made it
+        config = replace(config, command=" ".join([".venv/bin/python -m loadtest.edge", *given]))
     try:
         results = run(config)
     except wrk.WrkMissing as error:

@@ -27,7 +27,9 @@ SCHEDULING = ("fair", "fifo")
 # cpu: measured on 2 cores with the full-size 418M model. Two single-threaded workers beat one
 #   two-threaded worker; batches of 16 beat 32 (with two workers the first free one took the whole
 #   queue); 2048 tokens only binds on long inputs. A 2-core replica translates about 8 sentences/s,
-#   so a queue of 128 is already ~16 s of work: deeper queues only turned into latency.
+#   so a queue of 128 is already ~16 s of work: deeper queues only turned into latency. Measured again with
+#   fair scheduling (issue 16): at 64 clients the service reached 0.93-0.94 of the best offline configuration
+#   at 16, and 32 was no faster (docs/benchmarks.md, "The CPU batch defaults").
 # cuda: measured on one H100 (issue 8): the service's best settings (batches of 256 sentences and
 #   16,384 tokens, 2 workers); float16 ran 12% faster than int8_float16 (compute_type auto).
 #   An H100 translates ~2,500 sentences/s, so 4,096 queued sentences are under 2 s of work.

@@ -31,14 +31,20 @@ FORWARDED_HEADERS = ("authorization", "content-type", "accept", "x-request-id")
 RETURNED_HEADERS = ("content-type", "retry-after", "www-authenticate", "location")
 
 
-def ingress_paths() -> set[str]:
+def ingress_paths() -> tuple[set[str], set[str]]:
+    """The Ingress's (Exact paths, Prefix paths)."""
     ingress = yaml.safe_load(INGRESS.read_text())
-    paths = set()
+    exact, prefixes = set(), set()
     for rule in ingress["spec"]["rules"]:
         for path in rule["http"]["paths"]:
-            assert path["pathType"] == "Exact", "the proxy below emulates Exact paths only"
-            paths.add(path["path"])
-    return paths
+            assert path["pathType"] in ("Exact", "Prefix"), "the proxy below emulates Exact and Prefix paths only"
+            (exact if path["pathType"] == "Exact" else prefixes).add(path["path"])
+    return exact, prefixes
+
+
+def routed(path: str, exact: set[str], prefixes: set[str]) -> bool:
+    """The Ingress API's matching: Exact is the whole path; Prefix `/a/` matches `/a` and `/a/...` element-wise."""
+    return path in exact or any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in prefixes)
 
 
 class IngressProxy:
@@ -47,7 +53,7 @@ class IngressProxy:
 
     def __init__(self, backend: str | None) -> None:
         self.backend = urllib.parse.urlsplit(backend) if backend else None
-        self.routes = ingress_paths()
+        self.exact, self.prefixes = ingress_paths()
         self.seen: list[tuple[str, str, int]] = []
         proxy = self
 
@@ -68,7 +74,7 @@ class IngressProxy:
     def forward(self, handler: BaseHTTPRequestHandler) -> None:
         body = handler.rfile.read(int(handler.headers.get("content-length") or 0))
         path = urllib.parse.urlsplit(handler.path).path
-        if path not in self.routes:
+        if not routed(path, self.exact, self.prefixes):
             status, headers, answer = 404, {"content-type": "text/html"}, b"<html>404 Not Found</html>"
         elif self.backend is None:
             status, headers, answer = 503, {"content-type": "text/html"}, NGINX_503
@@ -120,7 +126,7 @@ def check(*args: str, key: str | None = None, timeout: float = 90) -> subprocess
 def test_the_check_uses_only_routes_the_ingress_serves():
     source = SCRIPT.read_text()
     assert "/readyz" not in source and "/healthz" not in source
-    assert {"/translation", "/languages"} <= ingress_paths()
+    assert {"/translation", "/languages"} <= ingress_paths()[0]  # Exact: the internal paths stay unrouted
 
 
 @pytest.mark.slow
@@ -251,3 +257,10 @@ def test_fails_on_a_dead_service_and_an_ingress_without_pods(toy_model_dir, star
     assert empty.returncode == 1, empty.stdout + empty.stderr
     assert "not ready after 1s" in empty.stderr and "503 (not JSON" in empty.stderr
     assert empty.stdout.startswith("wait 503 (not JSON: '<html><head><title>503 Service Temporarily Unavailable")
+
+
+def test_the_emulated_ingress_matches_prefixes_by_path_element():
+    exact, prefixes = {"/translation"}, {"/static/", "/libretranslate/"}
+    assert routed("/translation", exact, prefixes) and not routed("/translation/x", exact, prefixes)
+    assert routed("/static/app.js", exact, prefixes) and routed("/libretranslate//translate", exact, prefixes)
+    assert not routed("/staticfile", exact, prefixes) and not routed("/metrics", exact, prefixes)

@@ -74,8 +74,8 @@ class Settings:
     max_records: int = _opt(128, "most records in one request (more: 413)", minimum=1)
     max_text_chars: int = _opt(20000, "longest text of one record in characters (more: 413)", minimum=1)
     max_body_bytes: int = _opt(2 * 1024 * 1024, "largest request body in bytes (more: 413)", minimum=1)
-    api_keys_file: str = _opt("", "file of API keys, one per line, re-read when it changes; set = every call but "
-                              "/healthz and /readyz needs `Authorization: Bearer KEY` (empty: open)")
+    api_keys_file: str = _opt("", "file of API keys, one per line, re-read when it changes; set = every call but the "
+                              "probes, the web page, /docs and /openapi.json needs `Authorization: Bearer KEY` (empty: open)")
     metrics_require_key: bool = _opt(False, "with API keys on, /metrics needs a key too")
     # Per-client limits: a client is its API key, or (keys off) its address as seen through trusted proxies.
     # Every one is off (0) unless set: behind a proxy without keys, all users may be one address.

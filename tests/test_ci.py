@@ -63,7 +63,8 @@ def make_calls(path: Path) -> list[list[str]]:
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=120)
+    # --no-print-directory: under `make test` (MAKELEVEL > 0) make would add "Entering directory" lines to stdout.
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=120)
 
 
 def deploy_callers() -> dict[str, tuple[str, dict]]:

@@ -116,6 +116,8 @@ class ServerProcess:
         return f"{settings} .venv/bin/python -m {self.module} {args} --host {HOST} --port PORT".strip()
 
     def start(self, timeout: float = 300.0) -> Self:
+        if self.process is not None and self.process.poll() is None:
+            return self  # already running (`with server.start():` must not start a second, unstoppable one)
         self.port = self.port or free_port()
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **self.base_env, **self.env}
         started = time.perf_counter()

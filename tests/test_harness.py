@@ -69,6 +69,14 @@ def test_a_server_is_started_ready_timed_measured_and_stopped_gracefully(tmp_pat
     assert server.memory_kib() == {}  # gone
 
 
+def test_starting_a_running_server_again_starts_no_second_process(tmp_path):
+    server = harness_app(tmp_path)
+    with server.start() as same:  # `with` starts it too: one process, which the `with` stops
+        first = server.process
+        assert same is server and server.process is first and first.poll() is None
+    assert first.poll() is not None
+
+
 def test_stop_returns_the_exit_code_and_is_harmless_twice(tmp_path):
     server = harness_app(tmp_path).start(timeout=60)
     assert server.stop(signal.SIGINT) == 0  # uvicorn exits 0 after Ctrl-C

@@ -38,7 +38,6 @@ from tests.helpers import AppClient, ServerProcess, build_app
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 INSTALL = "sudo apt-get install -y chromium chromium-driver (make test runs scripts/install_system_deps.sh)"
-SERVICE_START_TIMEOUT = 60.0
 WAIT_SECONDS = 20.0  # the longest any browser wait here may take; each is usually a few milliseconds
 API_KEY = "web-page-key"
 ENGLISH_TEXT = "quebec november quebec golf juliet juliet"  # detected as English (tests/test_detection.py)
@@ -213,7 +212,7 @@ def driver(browser_paths, tmp_path_factory) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def service(toy_model_dir, tmp_path_factory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("web-service") / "service.log"
-    with ServerProcess.service(toy_model_dir, log_path=log).start(SERVICE_START_TIMEOUT) as server:
+    with ServerProcess.service(toy_model_dir, log_path=log) as server:
         yield server
 
 
@@ -450,7 +449,7 @@ def test_with_api_keys_the_page_asks_for_one_and_keeps_it_in_the_tab(driver, toy
     keys = tmp_path / "keys"
     keys.write_text(API_KEY + "\n")
     env = {"MT_API_KEYS_FILE": str(keys), "MT_MAX_TEXT_CHARS": "40"}
-    with ServerProcess.service(toy_model_dir, env, tmp_path / "service.log").start(SERVICE_START_TIMEOUT) as server:
+    with ServerProcess.service(toy_model_dir, env, tmp_path / "service.log") as server:
         open_page(driver, server.url, languages=False)
         message = error_shown(driver)
         assert "missing or invalid API key" in message and "(401 unauthorized)" in message, message

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from loadtest.paths import ROOT
+from tests.otel_collector import COLLECTOR_IMAGE, check_pipelines
 from tests.test_dockerfile import parse_dockerfile
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -37,18 +38,6 @@ PORT_VARIABLES = {"translation": "DEV_API_PORT", "prometheus": "DEV_PROMETHEUS_P
 # for them to be healthy; they are only started.
 NO_HEALTHCHECK = {"otel-collector"}
 COLLECTOR_CONFIG = ROOT / "deploy" / "compose" / "otel-collector" / "config.yaml"
-# The components of the core collector distribution (otel/opentelemetry-collector) at the version the stack
-# pins: github.com/open-telemetry/opentelemetry-collector-releases, distributions/otelcol/manifest.yaml at
-# v0.159.0 (otlp_grpc and otlp_http since 0.14x; otlp and otlphttp are their deprecated aliases).
-COLLECTOR_VERSION = "0.159.0"
-COLLECTOR_COMPONENTS = {
-    "receivers": {"nop", "otlp", "hostmetrics", "jaeger", "kafka", "prometheus", "zipkin"},
-    "processors": {"batch", "memory_limiter", "attributes", "resource", "span", "probabilistic_sampler", "filter"},
-    "exporters": {"debug", "nop", "otlp_grpc", "otlp", "otlp_http", "otlphttp", "file", "kafka", "prometheus",
-                  "prometheusremotewrite", "zipkin"},
-    "extensions": {"zpages", "health_check", "pprof"},
-    "connectors": {"forward"},
-}
 # Jaeger v2's built-in all-in-one configuration (cmd/jaeger/internal/all-in-one.yaml at v2.20.0): OTLP in on
 # 4317 (gRPC) and 4318 (HTTP), the UI on 16686, the healthcheckv2 extension on 13133 (/status).
 JAEGER_OTLP_PORTS = {"grpc": 4317, "http": 4318}
@@ -411,29 +400,11 @@ def test_the_service_sends_its_spans_to_the_collector_over_otlp_http(tmp_path, m
 
 
 def test_the_collector_pipeline_references_only_defined_components(tmp_path):
+    assert service("otel-collector")["image"] == COLLECTOR_IMAGE, \
+        "a new collector version: check COLLECTOR_COMPONENTS (tests/otel_collector.py) against its distribution's manifest"
     config = collector_config(tmp_path)
-    defined = {kind: set(config.get(kind) or {}) for kind in COLLECTOR_COMPONENTS}
+    check_pipelines(config)
     pipelines = config["service"]["pipelines"]
-    assert set(pipelines) == {"traces"}
-    used: dict[str, set[str]] = {kind: set() for kind in ("receivers", "processors", "exporters")}
-    for name, pipeline in pipelines.items():
-        assert pipeline["receivers"] and pipeline["exporters"], name
-        for kind in used:
-            missing = set(pipeline.get(kind, [])) - defined[kind]
-            assert not missing, f"pipeline {name} uses {kind} that are not defined: {missing}"
-            used[kind] |= set(pipeline.get(kind, []))
-    for kind in used:
-        assert used[kind] == defined[kind], f"defined but unused {kind}: {defined[kind] - used[kind]}"
-    assert set(config["service"].get("extensions", [])) <= defined["extensions"]
-    # Each component exists in the image's distribution (the type is the part before a "/").
-    assert service("otel-collector")["image"] == f"otel/opentelemetry-collector:{COLLECTOR_VERSION}", \
-        "a new collector version: check COLLECTOR_COMPONENTS against its distribution's manifest"
-    for kind, names in defined.items():
-        unknown = {name for name in names if name.split("/")[0] not in COLLECTOR_COMPONENTS[kind]}
-        assert not unknown, f"{kind} not in the core distribution {COLLECTOR_VERSION}: {unknown}"
-    # memory_limiter first (refuse before buffering), batch last.
-    processors = pipelines["traces"]["processors"]
-    assert processors[0] == "memory_limiter" and processors[-1] == "batch"
     limiter = config["processors"]["memory_limiter"]
     assert limiter["check_interval"] and 0 < limiter["spike_limit_mib"] < limiter["limit_mib"]
     # Exported to Jaeger, over OTLP/gRPC on the port Jaeger receives it on, and to the log (debug).
